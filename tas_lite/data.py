@@ -1,0 +1,277 @@
+"""Datasets and loaders: embedded digits, CIFAR-10/100, seeded synthetic images, ImageFolder.
+
+`load(name, split)` returns a torch Dataset of (image, label) pairs, images normalised CHW float32.
+`loaders(name, batch_size=...)` returns seeded (train, val, test) DataLoaders, val carved from train.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import platform
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import config
+
+NAMES = ("digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>")
+SPLITS = ("train", "test")
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # the digits test split is fixed, whatever the run's seed
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR_ARCHIVES = {  # torchvision's official sources
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
+}
+
+
+def num_classes(name: str) -> int:
+    """Number of classes of a named dataset (synthetic: its default, 10)."""
+    base = _check_name(name)
+    if base == "imagefolder":
+        return len(load(name, "train").classes)
+    return {"digits": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}[base]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string; allowed: {', '.join(NAMES)}")
+    base = name.split(":", 1)[0]
+    if base not in ("digits", "cifar10", "cifar100", "synthetic", "imagefolder"):
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")
+    if base == "imagefolder" and not name[len("imagefolder:"):]:
+        raise ValueError("imagefolder needs a path: 'imagefolder:/path/to/images'")
+    return base
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)} (val is carved from train by loaders())")
+
+
+def _check_img_size(img_size: int) -> None:
+    if not isinstance(img_size, int) or img_size < 8:
+        raise ValueError(f"img_size must be an int >= 8, got {img_size!r}")
+
+
+class TensorImages(Dataset):
+    """In-memory images (N, C, H, W) with labels; optional random shift (pad + crop) and flip for training."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, shift: int = 0, flip: bool = False):
+        self.images, self.labels = images, labels
+        self.shift, self.flip = shift, flip
+        self.classes = sorted(int(c) for c in labels.unique())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.shift:
+            s = self.shift
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            padded = F.pad(image, (s, s, s, s), mode="replicate")
+            image = padded[:, dy: dy + image.shape[1], dx: dx + image.shape[2]]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, int(self.labels[index])
+
+
+def _digits(split: str, img_size: int, train_aug: bool) -> TensorImages:
+    """scikit-learn's 8x8 digits, upsampled bilinearly to img_size, grey copied to RGB, normalised."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(round(DIGITS_TEST_FRACTION * len(labels)))
+    index = order[:n_test] if split == "test" else order[n_test:]
+    images = F.interpolate(images[index], size=(img_size, img_size), mode="bilinear", align_corners=False)
+    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+    shift = max(1, img_size // 16) if train_aug else 0
+    return TensorImages(images, labels[index], shift=shift)
+
+
+def _synthetic(split: str, img_size: int, num_samples: int, classes: int, seed: int) -> TensorImages:
+    """Learnable random images: one smooth random prototype per class plus noise; seeded per split."""
+    protos = torch.randn(classes, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    protos = F.interpolate(protos, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    gen = torch.Generator().manual_seed(seed * 2 + (1 if split == "test" else 2))
+    labels = torch.randint(0, classes, (num_samples,), generator=gen)
+    images = protos[labels] + 0.8 * torch.randn(num_samples, 3, img_size, img_size, generator=gen)
+    return TensorImages(images, labels)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; allow only the numpy pieces they contain, never arbitrary objects."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def _read_batch(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+
+
+class CIFAR(Dataset):
+    """CIFAR-10/100 from the official python-format batches (the layout torchvision downloads)."""
+
+    def __init__(self, name: str, root: Path, train: bool, transform, download: bool = False):
+        url, archive, md5, folder = CIFAR_ARCHIVES[name]
+        self.root, self.transform = Path(root), transform
+        base = self.root / folder
+        if not base.is_dir() and (self.root / archive).is_file():
+            with tarfile.open(self.root / archive, "r:gz") as tar:
+                tar.extractall(self.root, filter="data")
+        if not base.is_dir() and download:
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            download_and_extract_archive(url, str(self.root), filename=archive, md5=md5)
+        if not base.is_dir():
+            raise ValueError(
+                f"{name} not found: looked for {base} (or the archive {self.root / archive}). "
+                f"Pass download=True to fetch it (about 170 MB), set root= to where it lives, "
+                f"or use the embedded dataset 'digits', which needs no download.")
+        if name == "cifar10":
+            files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+            label_key, meta_file, names_key = "labels", "batches.meta", "label_names"
+        else:
+            files = ["train"] if train else ["test"]
+            label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
+        missing = [f for f in files + [meta_file] if not (base / f).is_file()]
+        if missing:
+            raise ValueError(f"{name} at {base} is incomplete: missing {missing}. Delete the folder and "
+                             f"download again (download=True).")
+        batches = [_read_batch(base / f) for f in files]
+        self.data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+        self.data = self.data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # NHWC uint8
+        self.targets = [int(t) for b in batches for t in b[label_key]]
+        self.classes = list(_read_batch(base / meta_file)[names_key])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def image_transform(train: bool, img_size: int, stats) -> object:
+    """torchvision transform: crop+flip at 32 px; RandomResizedCrop above 32 px (the paper's 224 px track)."""
+    from torchvision import transforms as T
+
+    mean, std = stats
+    if train:
+        if img_size <= 32:
+            geometry = [T.RandomCrop(img_size, padding=img_size // 8), T.RandomHorizontalFlip()]
+        else:
+            geometry = [T.RandomResizedCrop(img_size, antialias=True), T.RandomHorizontalFlip()]
+    else:
+        geometry = [T.Resize(img_size, antialias=True), T.CenterCrop(img_size)] if img_size != 32 else []
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"imagefolder path {str(root)!r} does not exist")
+    if (root / split).is_dir():
+        root = root / split
+    elif split != "train" or (root / "test").is_dir():
+        raise ValueError(f"imagefolder {path!r} has no {split!r} subfolder; use a train/ and test/ layout of "
+                         f"class subfolders, or load split='train' from a flat folder of class subfolders")
+    return ImageFolder(str(root), transform=image_transform(train_aug, img_size, IMAGENET_STATS))
+
+
+def load(name: str, split: str = "train", *, root: str | Path | None = None, img_size: int = 32,
+         download: bool = False, augment: bool | None = None, num_samples: int = 512,
+         synthetic_classes: int = 10, seed: int = 0) -> Dataset:
+    """A dataset by name: "digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>".
+
+    Training splits are augmented unless `augment=False`; `num_samples`, `synthetic_classes` and
+    `seed` only apply to "synthetic". Missing CIFAR files raise a ValueError saying where we looked.
+    """
+    base = _check_name(name)
+    _check_split(split)
+    _check_img_size(img_size)
+    train_aug = (split == "train") if augment is None else bool(augment)
+    if base == "digits":
+        return _digits(split, img_size, train_aug)
+    if base == "synthetic":
+        if synthetic_classes < 2 or num_samples < 1:
+            raise ValueError(f"synthetic needs synthetic_classes >= 2 and num_samples >= 1, got "
+                             f"{synthetic_classes} and {num_samples}")
+        return _synthetic(split, img_size, num_samples, synthetic_classes, seed)
+    if base == "imagefolder":
+        return _imagefolder(name.split(":", 1)[1], split, img_size, train_aug)
+    root = Path(root) if root is not None else config.datasets_dir()
+    return CIFAR(base, root, split == "train", image_transform(train_aug, img_size, CIFAR_STATS[base]), download)
+
+
+def default_num_workers(in_memory: bool) -> int:
+    """0 for in-memory data and on macOS/Windows (spawned workers are slow to start in notebooks)."""
+    if in_memory or platform.system() != "Linux":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded, disjoint (train, val) index lists covering range(n)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(round(val_fraction * n))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: float = 0.1, seed: int = 0,
+            root: str | Path | None = None, download: bool = False, num_workers: int | None = None,
+            pin_memory: bool | None = None, eval_batch_size: int | None = None, **load_kwargs):
+    """(train, val, test) DataLoaders. Val is a seeded slice of the training split, without augmentation.
+
+    Training shuffles with a generator seeded by `seed` and drops the last incomplete batch.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    kwargs = dict(root=root, img_size=img_size, download=download, **load_kwargs)
+    if _check_name(name) == "synthetic":
+        kwargs.setdefault("seed", seed)
+    train_full = load(name, "train", **kwargs)
+    train_plain = load(name, "train", augment=False, **kwargs)
+    test = load(name, "test", **kwargs)
+    train_idx, val_idx = split_indices(len(train_full), val_fraction, seed)
+    in_memory = isinstance(train_full, TensorImages)
+    workers = default_num_workers(in_memory) if num_workers is None else num_workers
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    eval_bs = eval_batch_size or max(batch_size, 256)
+    train_set = Subset(train_full, train_idx)
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    val_loader = DataLoader(Subset(train_plain, val_idx), batch_size=eval_bs, shuffle=False, **common)
+    test_loader = DataLoader(test, batch_size=eval_bs, shuffle=False, **common)
+    return train_loader, val_loader, test_loader
