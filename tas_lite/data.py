@@ -90,6 +90,13 @@ class TensorImages(Dataset):
         return image, int(self.labels[index])
 
 
+def digits_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed (train, test) index split of the digits set, independent of any run's seed."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(round(DIGITS_TEST_FRACTION * n))
+    return order[n_test:].sort().values, order[:n_test].sort().values
+
+
 def _digits(split: str, img_size: int, train_aug: bool) -> TensorImages:
     """scikit-learn's 8x8 digits, upsampled bilinearly to img_size, grey copied to RGB, normalised."""
     from sklearn.datasets import load_digits
@@ -97,9 +104,8 @@ def _digits(split: str, img_size: int, train_aug: bool) -> TensorImages:
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-    n_test = int(round(DIGITS_TEST_FRACTION * len(labels)))
-    index = order[:n_test] if split == "test" else order[n_test:]
+    train_index, test_index = digits_split(len(labels))
+    index = test_index if split == "test" else train_index
     images = F.interpolate(images[index], size=(img_size, img_size), mode="bilinear", align_corners=False)
     images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
     shift = max(1, img_size // 16) if train_aug else 0
@@ -178,18 +184,20 @@ class CIFAR(Dataset):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
-def image_transform(train: bool, img_size: int, stats) -> object:
-    """torchvision transform: crop+flip at 32 px; RandomResizedCrop above 32 px (the paper's 224 px track)."""
+def image_transform(train: bool, img_size: int, stats, native_size: int | None = None) -> object:
+    """torchvision transform. Training: crop + flip when images already have `img_size` (CIFAR at
+    32 px), RandomResizedCrop otherwise (the paper's 224 px track). Evaluation: resize + centre crop."""
     from torchvision import transforms as T
 
     mean, std = stats
-    if train:
-        if img_size <= 32:
-            geometry = [T.RandomCrop(img_size, padding=img_size // 8), T.RandomHorizontalFlip()]
-        else:
-            geometry = [T.RandomResizedCrop(img_size, antialias=True), T.RandomHorizontalFlip()]
+    if train and native_size == img_size:
+        geometry = [T.RandomCrop(img_size, padding=img_size // 8), T.RandomHorizontalFlip()]
+    elif train:
+        geometry = [T.RandomResizedCrop(img_size, antialias=True), T.RandomHorizontalFlip()]
+    elif native_size == img_size:
+        geometry = []
     else:
-        geometry = [T.Resize(img_size, antialias=True), T.CenterCrop(img_size)] if img_size != 32 else []
+        geometry = [T.Resize(img_size, antialias=True), T.CenterCrop(img_size)]
     return T.Compose([*geometry, T.ToTensor(), T.Normalize(mean, std)])
 
 
@@ -229,7 +237,7 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
     if base == "imagefolder":
         return _imagefolder(name.split(":", 1)[1], split, img_size, train_aug)
     root = Path(root) if root is not None else config.datasets_dir()
-    return CIFAR(base, root, split == "train", image_transform(train_aug, img_size, CIFAR_STATS[base]), download)
+    return CIFAR(base, root, split == "train", image_transform(train_aug, img_size, CIFAR_STATS[base], 32), download)
 
 
 def default_num_workers(in_memory: bool) -> int:

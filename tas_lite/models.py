@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from .stages import FAMILIES, StageView, family, stages  # noqa: F401  (re-exported API)
@@ -111,7 +110,9 @@ def create(name: str, *, num_classes: int, img_size: int = 32, pretrained: bool 
                              f"for a cached model trained on embedded data")
         if img_size % divisor:
             raise ValueError(f"{name} needs img_size divisible by {divisor}, got {img_size}")
-        return builder(num_classes, img_size)
+        model = builder(num_classes, img_size)
+        model.tas_lite_name = name
+        return model
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r}; tiny models: {', '.join(TINY)}; or any timm model name "
                          f"(timm.list_models() lists them, e.g. resnet18, vit_small_patch16_224)")
@@ -122,14 +123,29 @@ def create(name: str, *, num_classes: int, img_size: int = 32, pretrained: bool 
     pretrained = pretrained or pretrained_file is not None
     try:
         try:  # token models need the image size at construction; CNNs do not accept the argument
-            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+            model = timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
         except TypeError as err:
             if "img_size" not in str(err):
                 raise
-            return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except AssertionError as err:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        _check_token_grid(model, img_size)
+    except (AssertionError, ValueError) as err:
         raise ValueError(f"{name} cannot be built at img_size={img_size} (its default input is {cfg_size}); "
                          f"pick a size its patch/window grid divides ({err})") from err
+    model.tas_lite_name = name
+    return model
+
+
+def _check_token_grid(model: nn.Module, img_size: int) -> None:
+    """Patch models need img_size divisible by the patch; Swin also by its merges (2 per stage)."""
+    embed = getattr(model, "patch_embed", None) or getattr(model, "stem", None)
+    patch = getattr(embed, "patch_size", None)
+    if patch is None:
+        return
+    patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    merges = 2 ** (len(model.layers) - 1) if hasattr(model, "layers") else 1
+    if img_size % (patch * merges):
+        raise ValueError(f"img_size must be divisible by {patch * merges} (patch {patch} x {merges} merges)")
 
 
 def tiny_family(name: str) -> str:

@@ -121,6 +121,19 @@ class StageView:
             tokens = torch.cat([prefix.expand(m.shape[0], -1, -1), tokens], dim=1)
         return tokens
 
+    def part_sizes(self) -> dict[str, int]:
+        """Parameter counts of stem, stage1..stage4 and head (final norm + classifier)."""
+        if isinstance(self.stem, nn.Module):
+            stem = sum(p.numel() for p in self.stem.parameters())
+        else:  # ViT: patch embedding, pre-norm, prefix tokens and position embedding
+            m = self.model
+            stem = sum(p.numel() for mod in (m.patch_embed, m.norm_pre) for p in mod.parameters())
+            stem += sum(t.numel() for t in (m.cls_token, m.reg_token, m.pos_embed) if t is not None)
+        sizes = {"stem": stem, **{f"stage{i + 1}": sum(p.numel() for p in s.parameters())
+                                  for i, s in enumerate(self.stages)}}
+        sizes["head"] = sum(p.numel() for p in self.model.parameters()) - sum(sizes.values())
+        return sizes
+
     @torch.no_grad()
     def shapes(self, img_size: int, in_chans: int = 3) -> list[tuple[int, int, int]]:
         """(C, H, W) of each stage's NCHW view for one image of `img_size` (runs in eval mode)."""

@@ -1,0 +1,241 @@
+"""L2G and the hybrid assistant: CNN stages 1-3 -> L2G -> the other model's stage 4 and head.
+
+    p_a(x) = fc_m . S_m^4 . L2G . S_c^3 . S_c^2 . S_c^1 (x)          (METHOD.md section 3)
+
+The assistant owns no copy of anything: its front stages, back stage and head are the teacher's
+and student's own modules. Its only new parameters are L2G's (a patch embedding and one attention
+block), which is what makes it "negligible" in size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import count_parameters
+from .stages import StageView, family, stages
+
+
+class WindowedSelfAttention(nn.Module):
+    """Pre-norm multi-head self-attention with a residual, over a (B, H, W, C) grid.
+
+    `window=None` attends globally (the paper's MSA); an int attends within non-overlapping
+    windows, as a Swin stage does. `attn_dim` is the width of queries/keys/values: below `dim`
+    it keeps the block small (4 * dim * attn_dim parameters instead of 4 * dim^2).
+    """
+
+    def __init__(self, dim: int, heads: int, attn_dim: int, window: int | None = None):
+        super().__init__()
+        if attn_dim % heads:
+            raise ValueError(f"attn_dim {attn_dim} must be divisible by heads {heads}")
+        self.heads, self.window = heads, window
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * attn_dim)
+        self.proj = nn.Linear(attn_dim, dim)
+
+    def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, _ = tokens.shape
+        q, k, v = self.qkv(tokens).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = grid.shape
+        x = self.norm(grid)
+        win = min(self.window or max(h, w), h, w)
+        if h % win or w % win:
+            raise ValueError(f"window {win} does not tile a {h}x{w} grid")
+        x = x.view(b, h // win, win, w // win, win, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, win * win, c)
+        x = self._attend(x)
+        x = x.view(b, h // win, w // win, win, win, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return grid + x
+
+
+class L2G(nn.Module):
+    """Local-to-global: patch-embed a CNN map (B, C, H, W) to the receiving stage's width and grid,
+    then one attention block. Returns a (B, C_out, H_out, W_out) map.
+
+    Patch embedding (open in the paper; our choice): a conv with kernel = stride = in_grid / out_grid
+    when that is an integer (a ViT-style patchify), else bilinear resampling and a 1x1 conv; then a
+    LayerNorm. `attention=False` gives a plain adapter (CNN -> CNN pairs).
+    """
+
+    def __init__(self, in_channels: int, in_grid: int, out_dim: int, out_grid: int, heads: int | None = None, *,
+                 window: int | None = None, attn_dim: int | None = None, attention: bool = True):
+        super().__init__()
+        if min(in_channels, in_grid, out_dim, out_grid) < 1:
+            raise ValueError(f"L2G sizes must be positive, got in=({in_channels}, {in_grid}), out=({out_dim}, {out_grid})")
+        self.in_grid, self.out_grid = in_grid, out_grid
+        ratio = in_grid // out_grid if in_grid % out_grid == 0 else 0
+        self.patchify = ratio > 0
+        kernel = ratio if self.patchify else 1
+        self.embed = nn.Conv2d(in_channels, out_dim, kernel_size=kernel, stride=kernel)
+        self.norm = nn.LayerNorm(out_dim)
+        self.attn = None
+        if attention:
+            attn_dim = attn_dim or min(out_dim, in_channels)
+            heads = heads or max(1, attn_dim // 32)
+            attn_dim = max(heads, attn_dim // heads * heads)
+            self.attn = WindowedSelfAttention(out_dim, heads, attn_dim, window)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        if m.shape[-1] != self.in_grid or m.shape[-2] != self.in_grid:
+            raise ValueError(f"L2G expects a {self.in_grid}x{self.in_grid} map, got {tuple(m.shape[-2:])}")
+        if not self.patchify:
+            m = F.interpolate(m, size=(self.out_grid, self.out_grid), mode="bilinear", align_corners=False,
+                              antialias=self.out_grid < self.in_grid)
+        grid = self.norm(self.embed(m).permute(0, 2, 3, 1))
+        if self.attn is not None:
+            grid = self.attn(grid)
+        return grid.permute(0, 3, 1, 2)
+
+
+@dataclass
+class Part:
+    """One row of the assistant's composition: which module, from whom, how big."""
+
+    name: str
+    source: str  # "student", "teacher" or "new"
+    parameters: int
+    trainable: bool
+
+
+class HybridAssistant(nn.Module):
+    """front (owner's stem + stages 1-3) -> L2G -> back (receiver's stage 4 + head).
+
+    `front_owner`/`back_owner` say whose modules they are ("student" or "teacher").
+    """
+
+    def __init__(self, front: StageView, back: StageView, front_owner: str, back_owner: str, l2g: L2G,
+                 prefix: nn.Parameter | None):
+        super().__init__()
+        self.front_owner, self.back_owner = front_owner, back_owner
+        self._front, self._back = front, back  # plain references for stem/head/layout helpers
+        self.front_stages = nn.ModuleList(front.stages[:3])
+        self.back_stage = back.stages[3]
+        self.back_model = back.model  # head and final norm live here (registered: shared, not copied)
+        self.l2g = l2g
+        self.prefix = prefix
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled feature) from an image batch."""
+        h = self._front.stem(x)
+        for stage in self.front_stages:
+            h = stage(h)
+        return self.forward_from_stage3(h)
+
+    def forward_from_stage3(self, s3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled feature) from the front owner's stage-3 output (native layout).
+
+        Training passes the activation the owning model already computed, so shared stages run once.
+        """
+        tokens = self._back.from_nchw(self.l2g(self._front.nchw(s3)), prefix=self.prefix)
+        s4 = self.back_stage(tokens)
+        return self._back.head(s4), self._back.pool(s4)
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        return list(self.l2g.parameters()) + ([self.prefix] if self.prefix is not None else [])
+
+    def parts(self) -> list[Part]:
+        """Composition table: every part, its source, parameter count and whether it trains."""
+        front, back = self._front.part_sizes(), self._back.part_sizes()
+        rows = [Part("stem", self.front_owner, front["stem"], _trainable(self.front_stages))]
+        rows += [Part(f"stage {i + 1}", self.front_owner, front[f"stage{i + 1}"], _trainable(s))
+                 for i, s in enumerate(self.front_stages)]
+        rows.append(Part("L2G", "new", sum(p.numel() for p in self.new_parameters()), True))
+        rows.append(Part("stage 4", self.back_owner, back["stage4"], _trainable(self.back_stage)))
+        rows.append(Part("head", self.back_owner, back["head"], _trainable(self.back_model)))
+        return rows
+
+    def train(self, mode: bool = True) -> HybridAssistant:
+        """Frozen (teacher) parts stay in eval mode whatever `mode` says."""
+        super().train(mode)
+        for module in (self.front_stages, self.back_stage, self.back_model):
+            if not _trainable(module):
+                module.eval()
+        return self
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _receiver_window(back: StageView) -> int | None:
+    """Swin's stage-4 input is attended in windows of its own window size; others globally."""
+    if back.family != "swin":
+        return None
+    first_block = back.stages[3].blocks[0]
+    return int(first_block.window_size[0])
+
+
+def _prefix_init(back: StageView) -> nn.Parameter | None:
+    """ViT receivers need their prefix (class) tokens: start from the receiver's own cls + pos embedding."""
+    m = back.model
+    if back.num_prefix_tokens == 0:
+        return None
+    tokens = [t for t in (getattr(m, "cls_token", None), getattr(m, "reg_token", None)) if t is not None]
+    prefix = torch.cat(tokens, dim=1).detach().clone()
+    if getattr(m, "pos_embed", None) is not None and not getattr(m, "no_embed_class", False):
+        prefix = prefix + m.pos_embed[:, : back.num_prefix_tokens].detach()
+    return nn.Parameter(prefix)
+
+
+def roles(teacher_family: str, student_family: str) -> tuple[str, str]:
+    """(front owner, back owner). CNN always comes first; otherwise student front, teacher back.
+
+    CNN student + token teacher: student front, teacher back; CNN teacher + token student: teacher
+    front, student back (paper). Homogeneous pairs and token-token pairs (open in the paper, our
+    choice): student front, teacher back, as the paper does for homogeneous pairs.
+    """
+    if teacher_family == "cnn" and student_family != "cnn":
+        return "teacher", "student"
+    return "student", "teacher"
+
+
+def build(teacher: nn.Module, student: nn.Module, *, img_size: int = 32, freeze_teacher: bool = True,
+          heads: int | None = None, attn_dim: int | None = None) -> HybridAssistant:
+    """The hybrid assistant for an ordered (teacher, student) pair of any families.
+
+    `freeze_teacher` (paper open; default True) keeps the teacher's shared parts frozen, so only
+    L2G is new and trainable besides the student's own parts. `attn_dim` defaults to the narrower
+    of the two widths L2G joins (keeps it under ~10% of a student's size; `attn_dim=out_dim` is
+    the literal full-width MSA of 4 d^2 parameters).
+    """
+    views = {"teacher": stages(teacher), "student": stages(student)}
+    t_classes, s_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
+    if t_classes != s_classes:
+        raise ValueError(f"cannot join a teacher with {t_classes} classes and a student with {s_classes}")
+    front_owner, back_owner = roles(family(teacher), family(student))
+    front, back = views[front_owner], views[back_owner]
+    try:
+        front_shapes, back_shapes = front.shapes(img_size), back.shapes(img_size)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ValueError(f"teacher and student must both run at img_size={img_size}: {err}") from err
+    (c_in, h_in, w_in), (c_out, h_out, w_out) = front_shapes[2], back_shapes[2]  # stage 4 reads stage 3's output
+    if h_in != w_in or h_out != w_out:
+        raise ValueError(f"L2G joins square grids only, got {h_in}x{w_in} -> {h_out}x{w_out}")
+    attention = not (front.family == "cnn" and back.family == "cnn")
+    l2g = L2G(c_in, h_in, c_out, h_out, heads, window=_receiver_window(back), attn_dim=attn_dim, attention=attention)
+    param = next(student.parameters())
+    assistant = HybridAssistant(front, back, front_owner, back_owner, l2g.to(param.device), _prefix_init(back))
+    if freeze_teacher:
+        teacher.requires_grad_(False)
+    else:  # the teacher's shared parts learn inside the assistant (and so change the teacher itself)
+        shared = assistant.front_stages if front_owner == "teacher" else [assistant.back_stage, assistant.back_model]
+        for module in shared:
+            module.requires_grad_(True)
+    return assistant.to(param.device)
+
+
+def budget(assistant: HybridAssistant, student: nn.Module) -> float:
+    """New assistant parameters as a fraction of the student's."""
+    return sum(p.numel() for p in assistant.new_parameters()) / count_parameters(student)
+
+
+def attention_params(dim: int) -> int:
+    """Parameters of one literal MSA layer (qkv + proj, with biases): about 4 d^2 (METHOD.md 3)."""
+    return 4 * dim * dim + 4 * dim + 2 * dim  # + the LayerNorm
+
