@@ -1,0 +1,106 @@
+"""Sweeps: resume by skipping finished configurations, and the paper-style aggregation."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from tas_lite import config, distill, sweep
+from tas_lite.results import Result
+
+ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
+    ("tiny_convnext", "kd"): [90.0, 92.0, 94.0],
+    ("tiny_convnext", "tas"): [95.0, 96.0, 97.0],
+    ("tiny_resnet", "kd"): [80.0, 81.0, 82.0],
+    ("tiny_resnet", "tas"): [79.0, 80.0, 78.0],
+}
+
+
+def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0):
+    return Result(method, teacher, student, seed, epochs, final_test_acc=acc, best_val_test_acc=acc - 1,
+                  config={"profile": profile, "teacher_test_acc": None if teacher is None else teacher_acc})
+
+
+def fabricated():
+    results = [fake_result(m, t, "tiny_vit", seed, acc) for (t, m), accs in ACC.items() for seed, acc in enumerate(accs)]
+    return results + [fake_result("baseline", None, "tiny_vit", seed, acc) for seed, acc in enumerate([85.0, 86.0, 87.0])]
+
+
+def test_aggregate_mean_std_and_best(tmp_path):
+    for r in fabricated():
+        r.save(tmp_path / distill.result_name(r.teacher, r.student, r.method, r.seed))
+    table = sweep.aggregate(tmp_path)
+    assert list(table.mean.columns) == ["baseline", "kd", "tas"]  # registry order
+    row = "tiny_convnext -> tiny_vit"
+    assert table.mean.at[row, "kd"] == pytest.approx(92.0) and table.std.at[row, "kd"] == pytest.approx(2.0)
+    assert table.mean.at[row, "tas"] == pytest.approx(96.0) and table.count.at[row, "tas"] == 3
+    assert table.mean.at["tiny_resnet -> tiny_vit", "baseline"] == pytest.approx(86.0)  # baseline fills every row
+    assert table.best.to_dict() == {row: "tas", "tiny_resnet -> tiny_vit": "baseline"}
+    assert table.teacher_acc == {row: 99.0, "tiny_resnet -> tiny_vit": 99.0}
+    md = table.markdown()
+    assert "| tiny_convnext -> tiny_vit | 99.00 | 86.00 ± 1.00 | 92.00 ± 2.00 | **96.00 ± 1.00** |" in md
+    assert "**86.00 ± 1.00**" in md.splitlines()[3] and "seeds 0, 1, 2" in md and "Profile cpu, 12 epochs" in md
+    paths = table.save(tmp_path)
+    csv = pd.read_csv(paths["csv"], index_col="pair")
+    assert csv.at[row, "best"] == "tas" and csv.at[row, "kd_std"] == pytest.approx(2.0) and csv.at[row, "kd_n"] == 3
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+    best_val = sweep.aggregate(fabricated(), metric="best_val_test_acc")
+    assert best_val.mean.at[row, "tas"] == pytest.approx(95.0)
+
+
+def test_aggregate_single_seed_and_errors(tmp_path):
+    table = sweep.aggregate([fake_result("kd", "a", "b", 0, 50.0), fake_result("baseline", None, "c", 0, 40.0)])
+    assert table.cell("a -> b", "kd") == "50.00" and math.isnan(table.std.at["a -> b", "kd"])
+    assert table.mean.at["(no teacher) -> c", "baseline"] == 40.0
+    with pytest.raises(ValueError, match="no results JSON"):
+        sweep.aggregate(tmp_path)
+    with pytest.raises(ValueError, match="different setups"):
+        sweep.aggregate([fake_result("kd", "a", "b", 0, 1.0), fake_result("kd", "a", "b", 1, 1.0, profile="smoke")])
+    with pytest.raises(ValueError, match="allowed: final_test_acc, best_val_test_acc"):
+        sweep.aggregate(fabricated(), metric="acc")
+
+
+def test_configurations_run_baseline_once_per_student():
+    runs = sweep.configurations(["tiny_convnext", "tiny_resnet"], ["tiny_vit"], ["baseline", "kd"], [0, 1])
+    assert sum(r.method == "baseline" for r in runs) == 2 and len(runs) == 6
+    assert all(r.teacher is None for r in runs if r.method == "baseline")
+    with pytest.raises(ValueError, match="unknown method"):
+        sweep.configurations(["tiny_convnext"], ["tiny_vit"], ["kd", "crd"], [0])
+    with pytest.raises(ValueError, match="unknown model 'tiny_vitt'"):
+        sweep.configurations(["tiny_convnext"], ["tiny_vitt"], ["kd"], [0])
+    with pytest.raises(ValueError, match="non-negative ints"):
+        sweep.configurations(["tiny_convnext"], ["tiny_vit"], ["kd"], [-1])
+
+
+def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(method, teacher, student, *, profile, seed, epochs, out_dir, progress):
+        calls.append((method, teacher, student, seed))
+        result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=profile,
+                             epochs=config.resolve(profile, epochs=epochs).epochs)
+        result.save(out_dir / distill.result_name(teacher, student, method, seed))
+        return result
+
+    monkeypatch.setattr(distill, "run", fake_run)
+    kwargs = dict(teachers=["tiny_convnext"], students=["tiny_vit"], methods=["baseline", "kd", "tas"], seeds=[0, 1],
+                  profile="smoke", out_dir=tmp_path, progress=False)
+    table = sweep.sweep(**kwargs)
+    assert len(calls) == 6 and table.count.loc["tiny_convnext -> tiny_vit"].tolist() == [2, 2, 2]
+    assert (tmp_path / "table.md").is_file() and (tmp_path / "table.csv").is_file()
+    sweep.sweep(**kwargs)
+    assert len(calls) == 6  # everything was already done
+    (tmp_path / distill.result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
+    sweep.sweep(**kwargs)
+    assert calls[6:] == [("tas", "tiny_convnext", "tiny_vit", 1)]
+    with pytest.raises(ValueError, match="holds a run with profile 'smoke'"):
+        sweep.sweep(**{**kwargs, "profile": "cpu"})
+
+
+def test_paper_table_and_gains():
+    paper = sweep.paper_table()
+    assert len(paper.mean) == 5 and set(paper.best) == {"tas"}
+    assert paper.mean.at["Swin-T -> ResNet18", "tas"] == 81.61 and "arXiv 2410.12342" in paper.caption
+    assert "**81.61**" in paper.markdown() and "Teacher" in paper.markdown()
+    gains = sweep.gains_over(paper, "kd")
+    assert gains["TAS"] == pytest.approx((2.87 + 4.67 + 9.33 + 6.58 + 5.78) / 5)
