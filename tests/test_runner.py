@@ -128,3 +128,13 @@ def test_real_notebook_parameters_are_known():
     for path in paths:
         specs = runner.notebook_parameters(path)
         assert "PROFILE" in specs, f"{path.name} has no PROFILE in its parameters cell"
+
+
+def test_cli_run_rejects_unknown_parameter(folder, monkeypatch, capsys):
+    import papermill
+
+    from tas_lite.__main__ import main
+
+    monkeypatch.setattr(papermill, "execute_notebook", no_execution)
+    assert main(["run", "--profile", "smoke", "--notebooks", str(folder), "-p", "EPOCHS", "x"]) == 2
+    assert "EPOCHS of 01_first.ipynb expects int or None, got 'x'" in capsys.readouterr().err

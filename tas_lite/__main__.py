@@ -1,0 +1,83 @@
+"""Command line: `python -m tas_lite run | sweep | bench` (also installed as `tas-lite`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tas_lite", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    profiles = list(config.PROFILES)
+
+    run = commands.add_parser("run", help="execute the notebooks with papermill and write an HTML site")
+    run.add_argument("--profile", choices=profiles, default="cpu")
+    run.add_argument("--only", nargs="+", metavar="NB", help="notebooks by number or name, e.g. 01 03")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override a parameters-cell value, e.g. -p EPOCHS 3 (checked before anything runs)")
+    run.add_argument("--out", help="output folder (default: outputs/<profile>)")
+    run.add_argument("--notebooks", help="notebooks folder (default: the checkout's notebooks/)")
+    run.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
+
+    sweep = commands.add_parser("sweep", help="teacher x student x method x seed runs, aggregated into a table")
+    sweep.add_argument("--teachers", nargs="+", help="default: the profile's teacher")
+    sweep.add_argument("--students", nargs="+", help="default: the profile's student")
+    sweep.add_argument("--methods", nargs="+", help="default: the profile's methods")
+    sweep.add_argument("--seeds", nargs="+", type=int, help="default: the profile's seeds")
+    sweep.add_argument("--profile", choices=profiles, default="cpu")
+    sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
+    sweep.add_argument("--metric", choices=["final_test_acc", "best_val_test_acc"], default="final_test_acc")
+    sweep.add_argument("--out", help="results folder (default: outputs/sweep/<profile>)")
+
+    bench = commands.add_parser("bench", help="measure the speed claims side by side; print and save JSON")
+    bench.add_argument("--device", default="cpu", choices=list(config.DEVICES))
+    bench.add_argument("--out", help="JSON file to write (e.g. outputs/bench.json)")
+    bench.add_argument("--repeats", type=int, default=15, help="interleaved timed steps per method")
+    bench.add_argument("--paper-pair", action=argparse.BooleanOptionalAction, default=None,
+                       help="also time convnext_tiny -> deit_tiny at 224 px (default: on CUDA only)")
+    bench.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=True,
+                       help="time each notebook in the smoke profile (default: on)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run one command; exit status 2 for bad input, 1 for a failed notebook."""
+    args = _parser().parse_args(argv)
+    from .runner import NotebookFailed, parse_value
+
+    try:
+        if args.command == "run":
+            from .runner import run
+
+            params = {name: parse_value(value) for name, value in args.parameter}
+            run(args.profile, notebooks_dir=args.notebooks, only=args.only, parameters=params, out_dir=args.out,
+                cell_timeout=args.cell_timeout)
+        elif args.command == "sweep":
+            from .sweep import sweep
+
+            table = sweep(args.teachers, args.students, args.methods, args.seeds, profile=args.profile,
+                          out_dir=args.out, epochs=args.epochs, metric=args.metric)
+            print(table.markdown())
+        else:
+            from .bench import bench, format_table
+
+            report = bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair, notebooks=args.notebooks,
+                           out=args.out)
+            print(format_table(report))
+            if args.out:
+                print(f"saved {args.out}")
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The project's speed claims, measured side by side in one run (`python -m tas_lite bench`).
+
+Step-time ratios come from full training steps (teacher forward, method forward, backward, clipping,
+optimiser step) of every method on the same batch, interleaved in rotated order and summarised by the
+median, so a busy machine slows every method alike. Absolute times depend on the machine (stamped in
+the JSON); the ratios are the claims: TAS <= 1.3x OFA and <= 1.6x KD per step on the cpu pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import config
+
+TARGETS = {"tas/ofa": 1.3, "tas/kd": 1.6}  # issue 4: TAS's step-time budget against OFA and KD
+RATIOS = (("tas", "ofa"), ("tas", "kd"), ("ofa", "kd"))
+PAPER_PAIR = {"teacher": "convnext_tiny", "student": "deit_tiny_patch16_224", "img_size": 224, "num_classes": 100}
+
+
+def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Module, img_size: int,
+                   dev: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One step exactly as `distill.fit` takes it (its optimiser recipe, AMP on CUDA, clipping)."""
+    from .distill import Recipe
+    from .methods import build_method
+
+    recipe = Recipe.for_student(student, epochs=1)
+    impl = build_method(method, None if method == "baseline" else teacher, student, img_size=img_size,
+                        label_smoothing=recipe.label_smoothing).to(dev).train()
+    params = impl.trainable_parameters()
+    optimizer = recipe.build(params)
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            out = impl(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if recipe.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
+        optimizer.step()
+
+    return step
+
+
+def step_times(methods: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
+               num_classes: int = 10, device: str = "cpu", repeats: int = 15, warmup: int = 3,
+               seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per training step of each method: every repeat times each method once, the order rotated
+    by one each repeat; untrained models on one fixed random batch (speed does not depend on weights)."""
+    from . import models
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    dev = config.device(device)
+    config.seed_everything(seed)
+    channels_last = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    t_model = models.create(teacher, num_classes=num_classes, img_size=img_size).to(dev, memory_format=channels_last)
+    t_model.eval().requires_grad_(False)
+    steps = {m: _training_step(m, t_model, models.create(student, num_classes=num_classes, img_size=img_size)
+                               .to(dev, memory_format=channels_last), img_size, dev) for m in methods}
+    x = torch.randn(batch_size, 3, img_size, img_size, device=dev).contiguous(memory_format=channels_last)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    for _ in range(warmup):
+        for step in steps.values():
+            step(x, y)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    order = list(methods)
+    for r in range(repeats):
+        for m in order[r % len(order):] + order[:r % len(order)]:
+            _sync(dev)
+            start = time.perf_counter()
+            steps[m](x, y)
+            _sync(dev)
+            times[m].append(time.perf_counter() - start)
+    return times
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def summarise(times: dict[str, list[float]], batch_size: int) -> dict[str, Any]:
+    """Median step time, images/s and the step-time ratios of whichever of tas, ofa and kd were timed."""
+    median = {m: statistics.median(ts) for m, ts in times.items()}
+    ratios = {f"{a}/{b}": round(median[a] / median[b], 3) for a, b in RATIOS if a in median and b in median}
+    return {"step_time_s": {m: round(v, 5) for m, v in median.items()},
+            "step_time_iqr_s": {m: round(_iqr(ts), 5) for m, ts in times.items()},
+            "images_per_s": {m: round(batch_size / v, 1) for m, v in median.items()},
+            "step_time_ratio": ratios}
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where the numbers come from: platform, CPUs, versions, device, threads and the load average."""
+    from .runner import machine as base
+
+    info = base()
+    info.update(device=str(device), torch_threads=torch.get_num_threads(),
+                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile: str = "cpu", repeats: int = 15,
+          warmup: int = 3, batch_size: int | None = None, paper_pair: bool | None = None,
+          cka_kwargs: dict[str, Any] | None = None, notebooks: bool = True,
+          notebooks_dir: str | Path | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Measure every speed claim in one run; write JSON to `out` when given and return the same dict.
+
+    The cpu pair is the profile's teacher -> student at its image size and batch size. `paper_pair`
+    (default: on CUDA) adds convnext_tiny -> deit_tiny at 224 px. `notebooks` times each notebook in the
+    smoke profile through the runner (a failure is recorded, not raised).
+    """
+    from . import cka
+    from .methods import METHODS
+
+    dev = config.device(device)
+    cfg = config.resolve(profile)
+    methods = list(methods or METHODS)
+    batch = batch_size or cfg.batch_size
+    report: dict[str, Any] = {"machine": machine(dev), "targets": TARGETS}
+    _say(progress, f"step times: {cfg.teacher} -> {cfg.student}, {cfg.img_size} px, batch {batch}, "
+                   f"{len(methods)} methods x {repeats} interleaved repeats on {dev}")
+    times = step_times(methods, cfg.teacher, cfg.student, img_size=cfg.img_size, batch_size=batch, device=str(dev),
+                       repeats=repeats, warmup=warmup)
+    report["pair"] = {"teacher": cfg.teacher, "student": cfg.student, "img_size": cfg.img_size, "batch_size": batch,
+                      "repeats": repeats, "warmup": warmup}
+    report.update(summarise(times, batch))
+    report["meets_targets"] = {k: report["step_time_ratio"][k] <= v for k, v in TARGETS.items()
+                               if k in report["step_time_ratio"]}
+    if paper_pair if paper_pair is not None else dev.type == "cuda":
+        paper_methods = [m for m in ("baseline", "kd", "ofa", "tas") if m in methods]
+        paper_batch = batch_size or (128 if dev.type == "cuda" else 4)
+        _say(progress, f"step times: {PAPER_PAIR['teacher']} -> {PAPER_PAIR['student']}, 224 px, batch {paper_batch}")
+        paper_times = step_times(paper_methods, PAPER_PAIR["teacher"], PAPER_PAIR["student"], img_size=224,
+                                 batch_size=paper_batch, num_classes=PAPER_PAIR["num_classes"], device=str(dev),
+                                 repeats=repeats, warmup=warmup)
+        report["paper_pair"] = {**PAPER_PAIR, "batch_size": paper_batch, **summarise(paper_times, paper_batch)}
+    else:
+        report["paper_pair"] = None
+    cka_args = {"layers": 12, "examples": 2048 if dev.type == "cuda" else 512, "batch_size": 256, "dim": 512,
+                **(cka_kwargs or {})}
+    _say(progress, f"CKA: all-pairs MinibatchCKA vs per-pair loop, {cka_args}")
+    report["cka"] = cka.bench_cka(device=str(dev), **cka_args)
+    report["cka_speedup"] = report["cka"]["speedup"]
+    report["notebook_smoke_s"] = _notebook_times(notebooks_dir, progress) if notebooks else None
+    report["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[str, Any]:
+    """Wall time of each notebook in the smoke profile, through the runner, in a scratch output folder."""
+    import tempfile
+
+    from . import runner
+
+    _say(progress, "notebooks, smoke profile:")
+    with tempfile.TemporaryDirectory(prefix="tas_lite_bench_") as scratch:
+        try:
+            report = runner.run("smoke", notebooks_dir=notebooks_dir, out_dir=scratch, progress=progress)
+        except runner.NotebookFailed as err:
+            report = err.report
+    return {nb.name: {"status": nb.status, "wall_s": round(nb.wall_s, 2)} for nb in report.notebooks}
+
+
+def format_table(report: dict) -> str:
+    """The bench as readable text: per-method step time and images/s, ratios against targets, CKA, notebooks."""
+    m = report["machine"]
+    lines = [f"tas_lite bench on {m['device_name']} ({m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+             f"load {m.get('load_average_1min')} -> {m.get('load_average_1min_end')})"]
+    pairs = [("cpu pair", report["pair"], report, TARGETS)]
+    if report.get("paper_pair"):
+        pairs.append(("paper pair", report["paper_pair"], report["paper_pair"], {}))
+    for label, pair, numbers, targets in pairs:
+        lines.append(f"\n{label}: {pair['teacher']} -> {pair['student']}, {pair['img_size']} px, "
+                     f"batch {pair['batch_size']}")
+        lines.append(f"  {'method':10s} {'step (ms)':>10s} {'IQR (ms)':>9s} {'images/s':>9s}")
+        for method, seconds in numbers["step_time_s"].items():
+            lines.append(f"  {method:10s} {1000 * seconds:10.1f} {1000 * numbers['step_time_iqr_s'][method]:9.1f} "
+                         f"{numbers['images_per_s'][method]:9.1f}")
+        for key, value in numbers["step_time_ratio"].items():
+            target = targets.get(key)
+            verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'NOT met'})"
+            lines.append(f"  step-time ratio {key}: {value:.2f}{verdict}")
+    cka = report["cka"]
+    lines.append(f"\nCKA {cka['layers']}x{cka['layers']} layers, {cka['examples']} examples: all-pairs "
+                 f"{cka['all_pairs_s']:.2f} s, per-pair loop {cka['loop_s']:.2f} s -> speedup {report['cka_speedup']:.1f}x")
+    if report.get("notebook_smoke_s"):
+        lines.append("\nnotebooks (smoke profile):")
+        lines += [f"  {name:32s} {v['status']:8s} {v['wall_s']:7.1f} s" for name, v in report["notebook_smoke_s"].items()]
+    return "\n".join(lines)
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, flush=True)

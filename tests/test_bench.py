@@ -1,0 +1,48 @@
+"""The bench's JSON schema on tiny settings (no timing thresholds: timings belong to the bench, not tests)."""
+
+import json
+
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from tas_lite import bench
+from tas_lite.__main__ import main
+
+TINY_CKA = {"layers": 3, "examples": 32, "batch_size": 16, "dim": 8}
+
+
+def test_step_times_are_interleaved_per_method():
+    times = bench.step_times(["baseline", "kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=3,
+                             warmup=0)
+    assert set(times) == {"baseline", "kd"} and all(len(v) == 3 and min(v) > 0 for v in times.values())
+    summary = bench.summarise({"tas": [2.0, 2.0], "ofa": [1.0, 1.0], "kd": [0.5, 0.5]}, batch_size=8)
+    assert summary["step_time_ratio"] == {"tas/ofa": 2.0, "tas/kd": 4.0, "ofa/kd": 2.0}
+    assert summary["images_per_s"] == {"tas": 4.0, "ofa": 8.0, "kd": 16.0}
+
+
+def test_bench_json_schema(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [new_code_cell("import os\nPROFILE = os.environ.get('TAS_LITE_PROFILE', 'cpu')",
+                              metadata={"tags": ["parameters"]}), new_code_cell("assert PROFILE == 'smoke'")]
+    (nbs / "01_tiny.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "bench.json"
+    report = bench.bench("cpu", methods=["kd", "ofa", "tas"], repeats=2, warmup=1, batch_size=4, cka_kwargs=TINY_CKA,
+                         notebooks_dir=nbs, out=out, progress=False)
+    saved = json.loads(out.read_text())
+    assert set(saved["step_time_ratio"]) == {"tas/ofa", "tas/kd", "ofa/kd"}
+    assert set(saved["images_per_s"]) == {"kd", "ofa", "tas"} and all(v > 0 for v in saved["images_per_s"].values())
+    assert saved["cka_speedup"] > 0 and saved["cka"]["max_abs_diff"] < 1e-6
+    assert {"platform", "cpu_count", "torch", "device"} <= set(saved["machine"])
+    assert saved["notebook_smoke_s"]["01_tiny"]["status"] == "ok" and saved["paper_pair"] is None
+    assert set(saved["meets_targets"]) == set(bench.TARGETS)
+    text = bench.format_table(report)
+    assert "step-time ratio tas/ofa" in text and "01_tiny" in text
+
+
+def test_cli_rejects_bad_device(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "--device", "tpu"])
+    assert err.value.code == 2
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
