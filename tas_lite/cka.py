@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from . import config
 from .stages import StageView, stages
@@ -284,6 +285,19 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, laye
         for m, mode in zip(models, modes):
             m.train(mode)
     return acc.compute()
+
+
+def examples_loader(dataset: str, examples: int, *, batch_size: int, img_size: int = 32, split: str = "train",
+                    seed: int = 0, **load_kwargs) -> DataLoader:
+    """A fixed, seeded set of `examples` un-augmented images of `dataset` (fewer if the split is smaller),
+    in batches, for comparing representations. Digits' test split holds only 359 images, hence "train"."""
+    from . import data
+
+    if not isinstance(examples, int) or examples < 4:
+        raise ValueError(f"examples must be an int >= 4, got {examples!r}")
+    images = data.load(dataset, split, img_size=img_size, augment=False, **load_kwargs)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:examples]
+    return DataLoader(Subset(images, order.tolist()), batch_size=batch_size, shuffle=False)
 
 
 def uniformity(matrix: torch.Tensor) -> float:

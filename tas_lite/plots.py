@@ -13,6 +13,195 @@ def style() -> None:
                          "axes.spines.right": False, "font.size": 10})
 
 
+# ---- representation analysis (notebooks 01 and 02) ---------------------------------------------------
+
+CKA_LABEL = "CKA (linear, unbiased)"
+
+
+def cka_heatmaps(panels: list[dict], *, title: str, cbar_label: str = CKA_LABEL, annotate: bool | None = None):
+    """Layer x layer CKA matrices side by side on one 0-1 colour scale.
+
+    Each panel: {"matrix", "title", "xlabel", "ylabel", "xticklabels", "yticklabels"}; the first layer is at
+    the bottom-left, so depth grows up and to the right. Values are written in cells of small matrices.
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.7), squeeze=False,
+                             constrained_layout=True)
+    for ax, panel in zip(axes[0], panels):
+        m = np.asarray(panel["matrix"], dtype=float)
+        image = ax.imshow(m, origin="lower", vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
+        ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"],
+               xticks=range(m.shape[1]), yticks=range(m.shape[0]))
+        ax.set_xticklabels(panel["xticklabels"], rotation=90 if m.shape[1] > 8 else 0)
+        ax.set_yticklabels(panel["yticklabels"])
+        ax.grid(False)
+        if annotate if annotate is not None else max(m.shape) <= 6:
+            for (i, j), value in np.ndenumerate(m):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if value > 0.6 else "white")
+    fig.colorbar(image, ax=axes[0].tolist(), label=cbar_label, shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def grouped_bars(table: dict[str, dict[str, float]], *, title: str, ylabel: str, colors: dict[str, str] | None = None,
+                 ylim: tuple[float, float] | None = None):
+    """Bars grouped by metric (outer keys of each row), one bar per row label; values written on the bars."""
+    import numpy as np
+
+    rows = list(table)
+    metrics = list(next(iter(table.values())))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics) + 0.25 * len(rows), 3.4), constrained_layout=True)
+    for k, row in enumerate(rows):
+        xs = np.arange(len(metrics)) + (k - (len(rows) - 1) / 2) * width
+        values = [table[row][m] for m in metrics]
+        bars = ax.bar(xs, values, width, label=row, color=(colors or {}).get(row))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set(title=title, ylabel=ylabel, xticks=range(len(metrics)))
+    ax.set_xticklabels(metrics)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def erf_grid(erfs: dict[str, list], *, title: str, fraction: float = 0.5):
+    """Effective receptive fields, one row per model and one column per stage, with the centred square that
+    holds `fraction` of the gradient mass drawn in cyan."""
+    from matplotlib.patches import Rectangle
+
+    names = list(erfs)
+    cols = max(len(v) for v in erfs.values())
+    fig, axes = plt.subplots(len(names), cols, figsize=(2.3 * cols + 0.9, 2.3 * len(names) + 0.5), squeeze=False,
+                             constrained_layout=True)
+    for r, name in enumerate(names):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.grid(False)
+            if c >= len(erfs[name]):
+                ax.axis("off")
+                continue
+            erf = erfs[name][c]
+            h, w = erf.map.shape
+            image = ax.imshow(erf.map.numpy(), cmap="viridis", vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+            side = erf.sides[fraction]
+            cy, cx = erf.centre
+            ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, ec="cyan", lw=1.2, ls="--"))
+            stage = f"stage {erf.stage}" if erf.stage is not None else "output"
+            ax.set_title(f"{name}, {stage}\n{fraction:.0%} of mass: {side:.0f} px", fontsize=9)
+            ax.set_xlabel("x (px)", fontsize=8)
+            ax.set_ylabel("y (px)", fontsize=8)
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="|d centre unit / d pixel| (max = 1)", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def lines(series: dict[str, tuple[list, list]], *, title: str, xlabel: str, ylabel: str,
+          colors: dict[str, str] | None = None, styles: dict[str, str] | None = None, xticks: list | None = None):
+    """A few labelled lines: series maps a label to (xs, ys)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.5), constrained_layout=True)
+    for label, (xs, ys) in series.items():
+        color = (colors or {}).get(label)
+        ax.plot(xs, ys, (styles or {}).get(label, "o-"), label=label, **({"color": color} if color else {}))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xticks is not None:
+        ax.set_xticks(xticks)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def attention_distance(distances: dict[str, list], *, title: str, reference: float | None = None,
+                       colors: dict[str, str] | None = None):
+    """Mean attention distance of every head (dots) and its per-layer mean (line) against depth, per model."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.2, 3.7), constrained_layout=True)
+    for k, (name, per_layer) in enumerate(distances.items()):
+        color = (colors or {}).get(name, f"C{k}")
+        offset = (k - (len(distances) - 1) / 2) * 0.12
+        per_layer = [np.asarray(heads, dtype=float) for heads in per_layer]
+        for layer, heads in enumerate(per_layer, start=1):
+            ax.scatter(np.full(len(heads), layer + offset), heads, s=14, color=color, alpha=0.55, lw=0)
+        ax.plot(np.arange(1, len(per_layer) + 1) + offset, [h.mean() for h in per_layer], "-",
+                color=color, label=f"{name} (dots: heads, line: mean)")
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls=":", label=f"uniform attention ({reference:.1f} px)")
+    ax.set(title=title, xlabel="layer (block, 1 = first)", ylabel="mean attention distance (px)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def weight_images(weights, *, title: str, cols: int = 8, cbar_label: str = "weight", panel_label: str = "unit"):
+    """A grid of small signed weight images (units, H, W) on one symmetric colour scale."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=float)
+    rows = int(np.ceil(len(w) / cols))
+    limit = np.abs(w).max() or 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 0.9, 1.3 * rows + 0.6), squeeze=False,
+                             constrained_layout=True)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k < len(w):
+            image = ax.imshow(w[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(f"{panel_label} {k}", fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=cbar_label, shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def widgets_available() -> bool:
+    """True when ipywidgets is installed and we run inside an IPython kernel (Jupyter, Colab, but also
+    papermill and nbval, which cannot show widgets: `explore` draws its static figures in any case)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def explore(render, options: dict[str, list], *, interactive: bool, static: list[dict] | None = None) -> None:
+    """`render(**choice)` for each fixed choice in `static` (default: the first of every option), which
+    survive batch runs and HTML export; then, when `interactive` and ipywidgets is installed, dropdowns
+    over `options` for a live session."""
+    for choice in static or [{k: v[0] for k, v in options.items()}]:
+        render(**choice)
+    if not interactive:
+        return
+    try:
+        import ipywidgets
+    except ImportError:
+        print("ipywidgets is not installed: static figures only (pip install ipywidgets for the dropdowns)")
+        return
+    ipywidgets.interact(render, **{k: ipywidgets.Dropdown(options=v, description=k) for k, v in options.items()})
+
+
+def image_panels(panels: list[dict], *, title: str):
+    """One row of image panels. Each: {"image", "title", "cbar_label", optional "cmap", "vmin", "vmax",
+    "xlabel", "ylabel"}, or {"text", "title"} for a panel that explains instead of showing."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False, constrained_layout=True)
+    for ax, panel in zip(axes[0], panels):
+        ax.grid(False)
+        ax.set_title(panel["title"], fontsize=9)
+        if "text" in panel:
+            ax.axis("off")
+            ax.text(0.5, 0.5, panel["text"], ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+            continue
+        image = ax.imshow(panel["image"], cmap=panel.get("cmap", "viridis"), vmin=panel.get("vmin"),
+                          vmax=panel.get("vmax"))
+        ax.set(xlabel=panel.get("xlabel", "x"), ylabel=panel.get("ylabel", "y"))
+        fig.colorbar(image, ax=ax, label=panel["cbar_label"], shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
 # ---- sweep tables (notebook 06) -------------------------------------------------------------------------
 
 def method_accuracy(panels: dict[str, dict[str, tuple[float, float]]], *, title: str, ylabel: str,

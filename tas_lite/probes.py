@@ -22,6 +22,25 @@ from .stages import family, stages
 ERF_FRACTIONS = (0.2, 0.5, 0.99)
 
 
+def sample_images(dataset: str, n: int, *, img_size: int = 32, seed: int = 0, split: str = "test",
+                  **load_kwargs) -> torch.Tensor:
+    """(n, C, H, W): a seeded sample of un-augmented images to probe with (fewer if the split is smaller)."""
+    from . import data
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    images = data.load(dataset, split, img_size=img_size, augment=False, **load_kwargs)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([images[i][0] for i in order])
+
+
+def block_stages(model: nn.Module) -> list[int]:
+    """The stage (1-4) of every block of the four-stage view, in depth order."""
+    view = stages(model)
+    members = [{id(m) for m in stage.modules()} for stage in view.stages]
+    return [next(i + 1 for i, ids in enumerate(members) if id(block) in ids) for block in view.blocks]
+
+
 # ---- attention ---------------------------------------------------------------------------------------
 
 
@@ -39,10 +58,8 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """The attention modules of a timm ViT/DeiT or Swin, in depth order."""
     fam = family(model)
     if fam == "vit":
-        ends = [len(s) for s in stages(model).stages]
-        stage_of = [i + 1 for i, n in enumerate(ends) for _ in range(n)]
         return [AttentionLayer(b.attn, model.patch_embed.patch_size[0], model.num_prefix_tokens, s)
-                for b, s in zip(model.blocks, stage_of)]
+                for b, s in zip(model.blocks, block_stages(model))]
     if fam == "swin":  # every Swin stage halves the grid, so a token covers twice the pixels
         patch = model.patch_embed.patch_size[0]
         return [AttentionLayer(b.attn, patch * 2**i, 0, i + 1)
@@ -98,6 +115,11 @@ def _each_attention(model: nn.Module, images: torch.Tensor,
     if len(out) != len(layers):
         raise ValueError(f"expected {len(layers)} attention maps, hooks saw {len(out)}")
     return out
+
+
+def uniform_attention_distance(side: int, pixels_per_token: float) -> float:
+    """Mean attention distance of uniform attention over a side x side grid: the "looks everywhere" reference."""
+    return _grid_distances(side, pixels_per_token, torch.device("cpu")).mean().item()
 
 
 def attention_maps(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
@@ -280,3 +302,14 @@ def token_mixing_weights(model: nn.Module, block: int) -> torch.Tensor:
     weight = b.mlp_tokens.fc1.weight if hasattr(b, "mlp_tokens") else b.linear_tokens.weight
     side = math.isqrt(weight.shape[1])
     return weight.detach().cpu().reshape(weight.shape[0], side, side)
+
+
+def neighbour_correlation(weights: torch.Tensor) -> float:
+    """Mean correlation between side-by-side entries of weight images (units, H, W), each centred on its
+    own mean: about 0 for random weights, clearly positive for smooth, local (blob-like) patterns."""
+    if weights.dim() != 3 or min(weights.shape[1:]) < 2:
+        raise ValueError(f"weights must be (units, H, W) with H, W >= 2, got {tuple(weights.shape)}")
+    w = weights.double() - weights.double().mean((1, 2), keepdim=True)
+    pairs = torch.cat([(w[:, 1:, :] * w[:, :-1, :]).flatten(1), (w[:, :, 1:] * w[:, :, :-1]).flatten(1)], 1)
+    variance = (w * w).mean((1, 2))
+    return (pairs.mean(1) / variance).mean().item()

@@ -175,3 +175,15 @@ def test_token_mixing_weights(zoo):
         probes.token_mixing_weights(zoo["tiny_vit"], 0)
     with pytest.raises(ValueError, match="block"):
         probes.token_mixing_weights(zoo["tiny_mixer"], 12)
+
+
+def test_neighbour_correlation_separates_noise_from_smooth_patterns():
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(32, 8, 8, generator=gen)
+    ramp = torch.arange(8.0)[None, :, None].expand(32, 8, 8) + 0.1 * noise  # smooth along rows
+    checker = (-1.0) ** (torch.arange(8)[:, None] + torch.arange(8)[None, :]).expand(32, 8, 8)
+    assert abs(probes.neighbour_correlation(noise)) < 0.1
+    assert probes.neighbour_correlation(ramp) > 0.3
+    assert probes.neighbour_correlation(checker) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="units, H, W"):
+        probes.neighbour_correlation(noise[0])
