@@ -99,10 +99,10 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return torch.load(Path(path), map_location=device, weights_only=True)
 
 
-def trained_recipe(name: str, dataset: str, img_size: int, epochs: int) -> dict[str, Any]:
+def trained_recipe(name: str, dataset: str, img_size: int, epochs: int, pretrained: bool = False) -> dict[str, Any]:
     """Everything a `trained()` cache entry depends on besides the seed."""
     return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": 64,
-            "val_fraction": 0.1, "method": "baseline", "version": TRAINED_RECIPE_VERSION}
+            "val_fraction": 0.1, "method": "baseline", "pretrained": pretrained, "version": TRAINED_RECIPE_VERSION}
 
 
 def trained_path(recipe: dict[str, Any], seed: int) -> Path:
@@ -111,8 +111,10 @@ def trained_path(recipe: dict[str, Any], seed: int) -> Path:
 
 
 def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img_size: int, profile: str | None,
-                  progress: bool, device: str, retrain: bool) -> nn.Module:
-    """Implementation of `tas_lite.models.trained` (see there)."""
+                  progress: bool, device: str, retrain: bool, pretrained: bool = False,
+                  batch_size: int | None = None) -> nn.Module:
+    """Implementation of `tas_lite.models.trained` (see there). With `pretrained`, starts from
+    timm's ImageNet weights and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers."""
     from . import data, distill, models
 
     if epochs is None:
@@ -120,16 +122,19 @@ def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     num_classes = data.num_classes(dataset)
-    recipe = trained_recipe(name, dataset, img_size, epochs)
+    recipe = trained_recipe(name, dataset, img_size, epochs, pretrained)
+    if batch_size:
+        recipe["batch_size"] = batch_size
     path = trained_path(recipe, seed)
-    model = models.create(name, num_classes=num_classes, img_size=img_size)
+    model = models.create(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained and not path.is_file())
     if path.is_file() and not retrain:
         meta = load_weights(model, path)
     else:
         train, val, test = data.loaders(dataset, batch_size=recipe["batch_size"], img_size=img_size,
                                         val_fraction=recipe["val_fraction"], seed=seed)
+        recipe_obj = distill.Recipe.fine_tune(epochs) if pretrained else None
         result = distill.fit("baseline", None, model, train, val, test=test, epochs=epochs, seed=seed,
-                             device=device, progress=progress)
+                             device=device, progress=progress, recipe=recipe_obj)
         model.cpu()
         meta = {"recipe": recipe, "seed": seed, "test_acc": result.final_test_acc, "val_acc": result.final_val_acc,
                 "epochs": epochs, "train_seconds": result.wall_s, "parameters": models.count_parameters(model)}

@@ -7,10 +7,9 @@ epoch end with exact resume, and a clear stop on a non-finite loss.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from . import checkpoints, config
 from .methods import METHODS, build_method
+from .results import Result
 from .stages import family
 
 
@@ -55,6 +55,11 @@ class Recipe:
             return cls("sgd", 0.05, 5e-4, warmup_epochs=epochs * 3 / 300, min_lr=1e-3)
         return cls("adamw", 2e-3, 0.05, warmup_epochs=epochs * 20 / 300, min_lr=1e-5, clip_grad=5.0)
 
+    @classmethod
+    def fine_tune(cls, epochs: int) -> Recipe:
+        """Fine-tuning an ImageNet-pretrained teacher: AdamW 1e-4, one warm-up epoch, cosine."""
+        return cls("adamw", 1e-4, 0.05, warmup_epochs=min(1.0, epochs / 10), min_lr=1e-6, clip_grad=5.0)
+
     def build(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]  # biases and norms: no weight decay
@@ -73,41 +78,6 @@ class Recipe:
             return self.lr * (step + 1) / warm
         progress = (step - warm) / max(1, total - warm)
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@dataclass
-class Result:
-    """What one training run produced; `save(path)` writes JSON, `Result.load(path)` reads it back."""
-
-    method: str
-    teacher: str | None
-    student: str
-    seed: int
-    epochs: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    final_val_acc: float = float("nan")
-    final_test_acc: float = float("nan")
-    best_val_acc: float = float("nan")
-    best_epoch: int = -1
-    best_val_test_acc: float = float("nan")
-    extra_test_acc: dict[str, float] = field(default_factory=dict)
-    images_per_s: float = float("nan")
-    wall_s: float = 0.0
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, allow_nan=True))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Result:
-        fields = json.loads(Path(path).read_text())
-        unknown = set(fields) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path} is not a tas_lite Result (unknown fields {sorted(unknown)})")
-        return cls(**fields)
 
 
 def model_name(model: nn.Module | None) -> str | None:
@@ -314,3 +284,63 @@ def _progress(loader, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(loader, total=total, desc=desc, leave=False)
+
+
+def prepare_teacher(name: str, dataset: str = "digits", *, profile: str = "cpu", seed: int = 0,
+                    img_size: int | None = None, epochs: int | None = None, checkpoint: str | Path | None = None,
+                    device: str = "auto", progress: bool = True) -> nn.Module:
+    """The teacher for a profile, trained once and cached.
+
+    cpu/smoke: a tiny model trained from scratch (`models.trained`). gpu: timm's ImageNet weights
+    fine-tuned on `dataset` (CIFAR-100 in the paper's recipe). `checkpoint` loads your own weights
+    (safetensors) instead. The test accuracy is in `teacher.tas_lite_info["test_acc"]`.
+    """
+    from . import data, models
+
+    cfg = config.resolve(profile, img_size=img_size, teacher_epochs=epochs)
+    if checkpoint is not None:
+        teacher = models.create(name, num_classes=data.num_classes(dataset), img_size=cfg.img_size)
+        path = Path(checkpoint).with_suffix(".safetensors")
+        if not path.is_file():
+            raise ValueError(f"teacher checkpoint {path} does not exist; pass checkpoint=None to train and cache one")
+        teacher.tas_lite_info = checkpoints.load_weights(teacher, path)
+        return teacher.eval()
+    return checkpoints.load_or_train(name, dataset, seed, epochs=cfg.teacher_epochs, img_size=cfg.img_size,
+                                     profile=profile, progress=progress, device=device, retrain=False,
+                                     pretrained=cfg.pretrained, batch_size=cfg.batch_size if cfg.pretrained else None)
+
+
+def result_name(teacher: str | None, student: str, method: str, seed: int) -> str:
+    """File name of one run's results JSON: what sweeps look for to skip finished configurations."""
+    return f"{teacher or 'none'}__{student}__{method}__seed{seed}.json"
+
+
+def run(method: str, teacher: str, student: str, *, profile: str = "cpu", dataset: str | None = None,
+        seed: int = 0, epochs: int | None = None, batch_size: int | None = None, img_size: int | None = None,
+        device: str | None = None, amp: bool | None = None, out_dir: str | Path | None = None,
+        progress: bool = True, method_kwargs: dict[str, Any] | None = None) -> Result:
+    """One configuration end to end: data, cached teacher, fresh student, `fit`, results JSON.
+
+    Knobs left at None take the profile's values. The teacher is always trained with seed 0 (one
+    fixed teacher per pair); `seed` varies the student, the data order and the validation split.
+    """
+    from . import data, models
+
+    cfg = config.resolve(profile, dataset=dataset, epochs=epochs, batch_size=batch_size, img_size=img_size,
+                         device=device, amp=amp)
+    train, val, test = data.loaders(cfg.dataset, batch_size=cfg.batch_size, img_size=cfg.img_size, seed=seed)
+    t_model = None
+    if method != "baseline":
+        t_model = prepare_teacher(teacher, cfg.dataset, profile=profile, img_size=cfg.img_size,
+                                  device=cfg.device, progress=progress)
+    config.seed_everything(seed)
+    s_model = models.create(student, num_classes=data.num_classes(cfg.dataset), img_size=cfg.img_size)
+    result = fit(method, t_model, s_model, train, val, test=test, epochs=cfg.epochs, seed=seed, device=cfg.device,
+                 amp=cfg.amp, progress=progress, max_steps=cfg.max_steps, method_kwargs=method_kwargs,
+                 img_size=cfg.img_size)
+    result.teacher = teacher
+    result.config.update(profile=profile, dataset=cfg.dataset, batch_size=cfg.batch_size,
+                         teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None))
+    if out_dir is not None:
+        result.save(Path(out_dir) / result_name(teacher, student, method, seed))
+    return result

@@ -1,0 +1,147 @@
+import json
+
+import pytest
+import torch
+
+from tas_lite import config, data, distill, methods, models
+from tas_lite.results import Result
+
+
+def synthetic_loaders(n=64, batch=16, seed=0):
+    return data.loaders("synthetic", batch_size=batch, num_samples=n, seed=seed, val_fraction=0.25)
+
+
+def pair(teacher="tiny_resnet", student="tiny_mixer", seed=0):
+    config.seed_everything(seed)
+    return models.create(teacher, num_classes=10).eval(), models.create(student, num_classes=10)
+
+
+@pytest.mark.parametrize("method", list(methods.METHODS))
+def test_each_method_reduces_its_loss_on_a_repeated_batch(method):
+    teacher, student = pair("tiny_resnet", "tiny_vit")
+    teacher.requires_grad_(False)
+    impl = methods.build_method(method, teacher if method != "baseline" else None, student, img_size=32)
+    x, y = next(iter(synthetic_loaders()[0]))
+    opt = torch.optim.AdamW(impl.trainable_parameters(), lr=1e-3)
+    impl.train()
+    losses = []
+    for _ in range(4):
+        out = impl(x, y)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0], losses
+    assert out.logits.shape == (16, 10) and all(torch.isfinite(v) for v in out.terms.values())
+
+
+def test_tas_with_a_cnn_student_trains_two_steps_through_fit():
+    teacher, student = pair("tiny_swin", "tiny_mobilenetv2")
+    train, val, test = synthetic_loaders()
+    result = distill.fit("tas", teacher, student, train, val, test=test, epochs=1, max_steps=2, progress=False)
+    row = result.history[0]
+    assert {"loss/nce_ts", "loss/ofa_as", "loss/ce_a", "assistant_val_acc"} <= set(row)
+    assert "assistant" in result.extra_test_acc
+
+
+def test_teacher_stays_frozen_and_unchanged():
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    train, val, _ = synthetic_loaders()
+    distill.fit("tas", teacher, student, train, val, epochs=1, max_steps=2, progress=False)
+    assert not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["tas", "dkd"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, method):
+    train, val, _ = synthetic_loaders()
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+                checkpoint_dir=tmp_path / "full")
+    expected = _weights(student)
+
+    train, val, _ = synthetic_loaders()
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    calls = {"n": 0}
+    real_progress = distill._progress
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_progress(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "_progress", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+                    checkpoint_dir=tmp_path / "cut")
+    monkeypatch.setattr(distill, "_progress", real_progress)
+
+    train, val, _ = synthetic_loaders()  # a fresh process would rebuild everything
+    teacher, _ = pair("tiny_convnext", "tiny_vit")  # the same fixed teacher
+    _, student = pair("tiny_convnext", "tiny_vit", seed=123)  # a different student init: resume must overwrite it
+    result = distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+                         checkpoint_dir=tmp_path / "cut", resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    got = _weights(student)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path, monkeypatch):
+    teacher, student = pair("tiny_resnet", "tiny_mixer")
+    train, val, _ = synthetic_loaders()
+    real_forward = student.forward
+    seen = {"n": 0}
+
+    def poisoned(x):
+        seen["n"] += 1
+        out = real_forward(x)
+        return out * float("nan") if seen["n"] == 4 else out  # 2 train steps + 1 val pass, then NaN
+
+    monkeypatch.setattr(student, "forward", poisoned)
+    with pytest.raises(distill.NonFiniteLoss, match=r"epoch 2, step 1: term 'ce'.*epoch 1\) is intact"):
+        distill.fit("kd", teacher, student, train, val, epochs=2, max_steps=2, progress=False, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+
+
+def test_results_json_round_trips(tmp_path):
+    teacher, student = pair()
+    train, val, test = synthetic_loaders()
+    result = distill.fit("kd", teacher, student, train, val, test=test, epochs=1, max_steps=1, progress=False)
+    path = result.save(tmp_path / "r.json")
+    assert Result.load(path) == result
+    assert json.loads(path.read_text())["method"] == "kd"
+    path.write_text(json.dumps({"method": "kd", "bogus": 1}))
+    with pytest.raises(ValueError, match="not a tas_lite Result"):
+        Result.load(path)
+
+
+def test_clear_errors_for_bad_calls(tmp_path):
+    teacher, student = pair()
+    train, val, _ = synthetic_loaders()
+    with pytest.raises(ValueError, match="unknown method 'crd'; allowed: baseline, kd"):
+        distill.fit("crd", teacher, student, train, val, epochs=1)
+    with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 10"):
+        distill.fit("kd", models.create("tiny_resnet", num_classes=5), student, train, val, epochs=1)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        distill.fit("ofa", None, student, train, val, epochs=1)
+    with pytest.raises(ValueError, match="does not exist"):
+        distill.prepare_teacher("tiny_resnet", checkpoint=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="bad arguments for method 'kd'"):
+        distill.fit("kd", teacher, student, train, val, epochs=1, method_kwargs={"gamma": 2})
+
+
+def test_recipe_warms_up_then_decays_to_min_lr():
+    recipe = distill.Recipe("adamw", 1e-3, 0.05, warmup_epochs=1, min_lr=1e-5)
+    lrs = [recipe.lr_at(step, 10, 5) for step in range(50)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and 1e-5 < lrs[-1] < 2e-5
+    assert recipe.lr_at(50, 10, 5) == pytest.approx(1e-5)
+    assert distill.Recipe.for_student(models.create("tiny_resnet", num_classes=10), 10).optimizer == "sgd"
+    assert distill.Recipe.for_student(models.create("tiny_vit", num_classes=10), 10).optimizer == "adamw"
