@@ -156,8 +156,13 @@ def weight_images(weights, *, title: str, cols: int = 8, cbar_label: str = "weig
 
 
 def widgets_available() -> bool:
-    """True when ipywidgets is installed and we run inside an IPython kernel (Jupyter, Colab, but also
-    papermill and nbval, which cannot show widgets: `explore` draws its static figures in any case)."""
+    """True when ipywidgets is installed, we run inside an IPython kernel and not in a tas_lite batch run
+    (TAS_LITE_BATCH set by the runner). Plain papermill/nbval kernels look live: `explore` therefore
+    draws its static figures in any case."""
+    import os
+
+    if os.environ.get("TAS_LITE_BATCH"):
+        return False
     try:
         import ipywidgets  # noqa: F401
         from IPython import get_ipython
@@ -237,5 +242,105 @@ def method_accuracy(panels: dict[str, dict[str, tuple[float, float]]], *, title:
         ax.set_xticklabels(methods)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
+    fig.suptitle(title)
+    return fig
+
+
+# ---- the assistant, the losses, distillation (notebooks 03, 04, 05) ------------------------------------
+
+SOURCE_COLORS = {"teacher": "#4c72b0", "student": "#55a868", "new": "#dd8452"}
+
+
+def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, str]):
+    """The assistant as a row of blocks (stem, stages 1-3, L2G, stage 4, head), coloured by whose
+    module it is; frozen parts hatched; parameter counts inside, output shapes below."""
+    from matplotlib.patches import FancyBboxPatch, Patch
+
+    fig, ax = plt.subplots(figsize=(1.45 * len(parts) + 0.6, 2.5), constrained_layout=True)
+    for k, part in enumerate(parts):
+        box = FancyBboxPatch((k * 1.4, 0), 1.15, 1, boxstyle="round,pad=0.03", fc=SOURCE_COLORS[part.source],
+                             ec="black", lw=0.8, alpha=0.9, hatch=None if part.trainable else "//")
+        ax.add_patch(box)
+        owner = names.get(part.source, part.source)
+        ax.text(k * 1.4 + 0.575, 0.68, part.name, ha="center", va="center", fontsize=9, weight="bold", color="white")
+        ax.text(k * 1.4 + 0.575, 0.38, f"{owner}\n{part.parameters / 1e3:,.1f}k params", ha="center", va="center",
+                fontsize=7, color="white")
+        if k < len(shapes):
+            ax.text(k * 1.4 + 0.575, -0.18, shapes[k], ha="center", va="top", fontsize=7)
+        if k:
+            ax.annotate("", (k * 1.4, 0.5), ((k - 1) * 1.4 + 1.15, 0.5), arrowprops=dict(arrowstyle="->", lw=1))
+    handles = [Patch(fc=c, label=f"{s}: {names.get(s, s)}") for s, c in SOURCE_COLORS.items()]
+    handles.append(Patch(fc="white", ec="black", hatch="//", label="frozen"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=4, fontsize=8, frameon=False)
+    ax.set_xlim(-0.1, 1.4 * len(parts))
+    ax.set_ylim(-0.5, 1.1)
+    ax.axis("off")
+    ax.set_title(title)
+    return fig
+
+
+def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xscale: str = "linear",
+           styles: dict[str, str] | None = None, ax=None):
+    """Labelled lines on one axes (optionally log-x); returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.4, 3.4), constrained_layout=True)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, (styles or {}).get(label, "-"), label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale)
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def distributions(dists: dict[str, list[float]], *, title: str, xlabel: str = "class", ylabel: str = "probability",
+                  highlight: int | None = None):
+    """Several distributions over the same classes as grouped bars; `highlight` marks the true class."""
+    import numpy as np
+
+    labels = list(dists)
+    classes = len(next(iter(dists.values())))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(6.4, 3.3), constrained_layout=True)
+    for k, label in enumerate(labels):
+        ax.bar(np.arange(classes) + (k - (len(labels) - 1) / 2) * width, dists[label], width, label=label)
+    if highlight is not None:
+        ax.axvspan(highlight - 0.45, highlight + 0.45, color="grey", alpha=0.15, label=f"true class ({highlight})")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xticks=range(classes))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def loss_terms(terms: dict[str, float], *, title: str, groups: dict[str, str] | None = None):
+    """Horizontal bars, one per loss term, coloured by group (e.g. which pair it belongs to)."""
+    names = list(terms)
+    palette = {g: f"C{i}" for i, g in enumerate(dict.fromkeys((groups or {}).values()))}
+    fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(names) + 1.2), constrained_layout=True)
+    colors = [palette.get((groups or {}).get(n), "C0") for n in names]
+    bars = ax.barh(names, [terms[n] for n in names], color=colors)
+    ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel="value (nats)", ylabel="loss term")
+    if groups:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=c, label=g) for g, c in palette.items()], fontsize=8, loc="lower right")
+    return fig
+
+
+def learning_curves(histories: dict[str, list[dict]], *, title: str, extra: dict[str, str] | None = None):
+    """Validation accuracy and training cross-entropy per epoch, one line per method; `extra` maps a
+    history key (e.g. "assistant_val_acc") to a label drawn dashed."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    for k, (method, rows) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in rows]
+        left.plot(epochs, [r["val_acc"] for r in rows], "o-", color=f"C{k}", label=method, ms=3)
+        ce_key = "loss/ce" if "loss/ce" in rows[0] else "loss/ce_s"
+        right.plot(epochs, [r[ce_key] for r in rows], "o-", color=f"C{k}", label=method, ms=3)
+        for key, label in (extra or {}).items():
+            if key in rows[0]:
+                left.plot(epochs, [r[key] for r in rows], "--", color=f"C{k}", label=f"{method}: {label}")
+    left.set(title="validation accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
+    right.set(title="training cross-entropy with labels", xlabel="epoch", ylabel="cross-entropy (nats)")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
     fig.suptitle(title)
     return fig
