@@ -275,7 +275,8 @@ def _execute(record: NotebookRun, cell_timeout: int | None, start_timeout: int) 
     try:
         papermill.execute_notebook(str(record.source), str(record.output), parameters=record.parameters,
                                    kernel_name=KERNEL, cwd=str(record.source.parent), progress_bar=False,
-                                   log_output=False, start_timeout=start_timeout, execution_timeout=cell_timeout)
+                                   log_output=False, start_timeout=start_timeout, execution_timeout=cell_timeout,
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel chatter on stderr
         record.status = "ok"
     except PapermillExecutionError as err:
         first_line = next((line for line in err.source.splitlines() if line.strip()), "")
@@ -371,11 +372,13 @@ def _esc(text: Any) -> str:
 
 def _card(nb: NotebookRun, node) -> str:
     """One notebook's card: title, blurb, status, wall time, check cells, first figure, links."""
-    markdown = [c.source for c in node.cells if c.cell_type == "markdown"]
-    lines = [line.strip() for text in markdown for line in text.splitlines()]
-    title = next((line.lstrip("# ") for line in lines if line.startswith("# ")), nb.name)
-    blurb = next((line for line in lines if line and not line.startswith(("#", "[![", "<", "|", "!", "-", "*"))), "")
-    blurb = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", blurb).replace("**", "").replace("`", "")
+    paragraphs = [" ".join(part.split()) for c in node.cells if c.cell_type == "markdown"
+                  for part in re.split(r"\n\s*\n", c.source)]
+    title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), nb.name)
+    blurb = next((p for p in paragraphs if p and not p.startswith(("#", "[![", "<", "|", "!", "-", "*", "$"))), "")
+    blurb = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", blurb).replace("*", "").replace("`", "")
+    if len(blurb) > 300:
+        blurb = blurb[:300].rsplit(" ", 1)[0] + " …"
     checks = sum(any(line.lstrip().startswith("assert") for line in c.source.splitlines())
                  for c in node.cells if c.cell_type == "code")
     extra = {k: v for k, v in nb.parameters.items() if k != "PROFILE"}
@@ -391,7 +394,7 @@ def _card(nb: NotebookRun, node) -> str:
     <h2><a href="{_esc(nb.html.name) if nb.html else '#'}">{_esc(title)}</a></h2>
     <p class="meta"><span class="badge">{_esc(nb.status)}</span> {nb.wall_s:.1f} s &middot; {len(nb.figures)} figures
       &middot; {checks} check cells &middot; <code>{_esc(nb.source.name)}</code></p>
-    <p>{_esc(blurb[:280])}</p>{params}{error}
+    <p>{_esc(blurb)}</p>{params}{error}
     <p class="links">{links}</p>
   </div>
 </article>"""
