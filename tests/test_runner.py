@@ -138,3 +138,25 @@ def test_cli_run_rejects_unknown_parameter(folder, monkeypatch, capsys):
     monkeypatch.setattr(papermill, "execute_notebook", no_execution)
     assert main(["run", "--profile", "smoke", "--notebooks", str(folder), "-p", "EPOCHS", "x"]) == 2
     assert "EPOCHS of 01_first.ipynb expects int or None, got 'x'" in capsys.readouterr().err
+
+
+def test_results_notebook_through_the_runner(tmp_path):
+    """Notebook 06 in the smoke profile, reading a folder of results instead of training (fast)."""
+    from tas_lite import distill
+    from tas_lite.results import Result
+
+    if not (config.notebooks_dir() / "06_results.ipynb").is_file():
+        pytest.skip("notebook 06 is not in this checkout")
+    results = tmp_path / "sweep"
+    for method, accs in {"baseline": [90.0, 91.0], "kd": [92.0, 93.0], "ofa": [93.0, 94.5], "tas": [94.0, 95.0]}.items():
+        teacher = None if method == "baseline" else "tiny_convnext"
+        for seed, acc in enumerate(accs):
+            Result(method, teacher, "tiny_vit", seed, 1, final_test_acc=acc,
+                   config={"profile": "smoke", "teacher_test_acc": 97.0}).save(
+                results / distill.result_name(teacher, "tiny_vit", method, seed))
+    report = runner.run("smoke", only=["06"], parameters={"SWEEP_DIR": str(results), "RUN_SWEEP": False},
+                        out_dir=tmp_path / "out", progress=False)
+    (record,) = report.notebooks
+    assert record.status == "ok" and len(record.figures) == 3
+    html = record.html.read_text()
+    assert "<strong>94.50 ± 0.71</strong>" in html and "same order as the paper" in html  # best per row in bold
