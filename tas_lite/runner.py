@@ -215,9 +215,6 @@ class RunReport:
     wall_s: float = 0.0
     index: Path | None = None
 
-    def timings(self) -> dict[str, float]:
-        return {nb.name: round(nb.wall_s, 2) for nb in self.notebooks if nb.status != "not run"}
-
 
 @contextmanager
 def kernel_environment(profile: str) -> Iterator[None]:
