@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -91,13 +92,14 @@ def sweep(teachers: Sequence[str] | None = None, students: Sequence[str] | None 
     """Run every configuration whose results JSON is missing in `out_dir`, then aggregate the folder.
 
     Lists left at None take the profile's teacher, student, methods and seeds. Results made with another
-    profile or epoch count in the same folder are an error (they would silently mix in the table).
+    profile, epoch count, dataset or batch size in the folder are an error (they would silently mix in the
+    table). After changing training code, sweep into a fresh folder: old results are not re-run.
     """
     cfg = config.resolve(profile, epochs=epochs)
     runs = configurations(teachers or [cfg.teacher], students or [cfg.student], methods or cfg.methods,
                           cfg.seeds if seeds is None else seeds)
     out = Path(out_dir) if out_dir is not None else default_dir(profile)
-    todo = [run for run in runs if not _finished(out / run.filename, profile, cfg.epochs)]
+    todo = [run for run in runs if not _finished(out / run.filename, cfg)]
     _say(progress, f"sweep ({profile}, {cfg.epochs} epochs): {len(runs)} configurations, "
                    f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
     bar = _bar(todo, progress)
@@ -115,13 +117,17 @@ def sweep(teachers: Sequence[str] | None = None, students: Sequence[str] | None 
     return table
 
 
-def _finished(path: Path, profile: str, epochs: int) -> bool:
+def _finished(path: Path, cfg: SimpleNamespace) -> bool:
+    """True if `path` holds a run of this setup; a run of another setup is an error, never silently reused."""
     if not path.is_file():
         return False
     done = Result.load(path)
-    if done.config.get("profile") != profile or done.epochs != epochs:
-        raise ValueError(f"{path} holds a run with profile {done.config.get('profile')!r} and {done.epochs} epochs, "
-                         f"but this sweep asks for {profile!r} and {epochs}; use another out_dir or delete it")
+    have = {"profile": done.config.get("profile"), "epochs": done.epochs, "dataset": done.config.get("dataset"),
+            "batch_size": done.config.get("batch_size")}
+    want = {"profile": cfg.profile, "epochs": cfg.epochs, "dataset": cfg.dataset, "batch_size": cfg.batch_size}
+    if have != want:
+        raise ValueError(f"{path} holds a run with {have}, but this sweep asks for {want}; "
+                         f"use another out_dir or delete it")
     return True
 
 
@@ -287,3 +293,36 @@ def _bar(items: list, enabled: bool):
 def _say(enabled: bool, text: str) -> None:
     if enabled:
         print(text, flush=True)
+
+
+PAPER_NAMES = {"swin_tiny_patch4_window7_224": "Swin-T", "vit_small_patch16_224": "ViT-S", "convnext_tiny": "ConvNeXt-T",
+               "resnet18": "ResNet18", "mobilenetv2_100": "MobileNetV2", "deit_tiny_patch16_224": "DeiT-T",
+               "resmlp_12_224": "ResMLP-S12"}
+PAPER_FAMILIES = {"Swin-T": "swin", "ViT-S": "vit", "ConvNeXt-T": "cnn", "ResNet18": "cnn", "MobileNetV2": "cnn",
+                  "DeiT-T": "vit", "ResMLP-S12": "mlp"}
+
+
+def paper_reference(teacher: str, student: str) -> tuple[str, dict[str, float]]:
+    """The paper's row for a (teacher, student) pair: the same pair when the paper has it, else the first
+    row with the same (teacher family, student family), labelled as such; ("none", {}) when there is none."""
+    from .models import TINY, tiny_family
+
+    def with_baseline(t: str, s: str) -> dict[str, float]:
+        row = dict(PAPER_TABLE[(t, s)])
+        if s in PAPER_BASELINES:
+            row["baseline"] = PAPER_BASELINES[s]
+        return row
+
+    exact = (PAPER_NAMES.get(teacher), PAPER_NAMES.get(student))
+    if exact in PAPER_TABLE:
+        return f"{exact[0]} -> {exact[1]}", with_baseline(*exact)
+
+    def fam(name: str) -> str | None:
+        if name in TINY:
+            return tiny_family(name)
+        return PAPER_FAMILIES.get(PAPER_NAMES.get(name, ""))
+
+    for t, s in PAPER_TABLE:
+        if (PAPER_FAMILIES[t], PAPER_FAMILIES[s]) == (fam(teacher), fam(student)):
+            return f"{t} -> {s} (same families)", with_baseline(t, s)
+    return "none (the paper has no pair of these families)", {}

@@ -18,7 +18,8 @@ ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
 
 def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0):
     return Result(method, teacher, student, seed, epochs, final_test_acc=acc, best_val_test_acc=acc - 1,
-                  config={"profile": profile, "teacher_test_acc": None if teacher is None else teacher_acc})
+                  config={"profile": profile, "teacher_test_acc": None if teacher is None else teacher_acc,
+                          "dataset": "digits", "batch_size": 64})
 
 
 def fabricated():
@@ -93,7 +94,7 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
     (tmp_path / distill.result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
     sweep.sweep(**kwargs)
     assert calls[6:] == [("tas", "tiny_convnext", "tiny_vit", 1)]
-    with pytest.raises(ValueError, match="holds a run with profile 'smoke'"):
+    with pytest.raises(ValueError, match="holds a run with .'profile': 'smoke'"):
         sweep.sweep(**{**kwargs, "profile": "cpu"})
 
 
