@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import count_parameters
-from .stages import StageView, family, stages
+from .stages import FAMILIES, StageView, family, stages
 
 
 class WindowedSelfAttention(nn.Module):
@@ -239,3 +239,55 @@ def attention_params(dim: int) -> int:
     """Parameters of one literal MSA layer (qkv + proj, with biases): about 4 d^2 (METHOD.md 3)."""
     return 4 * dim * dim + 4 * dim + 2 * dim  # + the LayerNorm
 
+
+
+@torch.no_grad()
+def trace(assistant: HybridAssistant, x: torch.Tensor) -> list[dict[str, object]]:
+    """Every step of the assistant's forward on `x`: part, owner and output shape, for teaching."""
+    rows = [{"step": "input image", "from": "", "shape": tuple(x.shape)}]
+    h = assistant._front.stem(x)
+    rows.append({"step": "stem", "from": assistant.front_owner, "shape": tuple(h.shape)})
+    for i, stage in enumerate(assistant.front_stages):
+        h = stage(h)
+        rows.append({"step": f"stage {i + 1}", "from": assistant.front_owner, "shape": tuple(h.shape)})
+    m = assistant.l2g(assistant._front.nchw(h))
+    rows.append({"step": "L2G (patch embed + attention)", "from": "new", "shape": tuple(m.shape)})
+    tokens = assistant._back.from_nchw(m, prefix=assistant.prefix)
+    rows.append({"step": f"as {assistant._back.layout} for stage 4", "from": "", "shape": tuple(tokens.shape)})
+    s4 = assistant.back_stage(tokens)
+    rows.append({"step": "stage 4", "from": assistant.back_owner, "shape": tuple(s4.shape)})
+    rows.append({"step": "pooled feature f", "from": assistant.back_owner, "shape": tuple(assistant._back.pool(s4).shape)})
+    rows.append({"step": "logits p", "from": assistant.back_owner, "shape": tuple(assistant._back.head(s4).shape)})
+    return rows
+
+
+def role_table() -> dict[str, dict[str, str]]:
+    """For every (teacher family, student family): which model lends stages 1-3 and which stage 4 + head."""
+    table = {}
+    for t in FAMILIES:
+        table[t] = {}
+        for s in FAMILIES:
+            front, back = roles(t, s)
+            table[t][s] = f"{front} {t if front == 'teacher' else s} -> {back} {t if back == 'teacher' else s}"
+    return table
+
+
+@torch.no_grad()
+def feature_similarity(teacher: nn.Module, student: nn.Module, assistant: HybridAssistant,
+                       images: torch.Tensor) -> dict[str, float]:
+    """Linear CKA between the pooled features f of teacher, student and assistant on `images`."""
+    from . import cka
+
+    modes = [m.training for m in (teacher, student, assistant)]
+    for m in (teacher, student, assistant):
+        m.eval()
+    try:
+        t_view, s_view = stages(teacher), stages(student)
+        f_t = t_view.pool(t_view.features(images)[-1])
+        f_s = s_view.pool(s_view.features(images)[-1])
+        f_a = assistant(images)[1]
+    finally:
+        for m, mode in zip((teacher, student, assistant), modes):
+            m.train(mode)
+    return {"assistant ~ teacher": cka.linear(f_a, f_t), "assistant ~ student": cka.linear(f_a, f_s),
+            "teacher ~ student": cka.linear(f_t, f_s)}

@@ -99,10 +99,12 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return torch.load(Path(path), map_location=device, weights_only=True)
 
 
-def trained_recipe(name: str, dataset: str, img_size: int, epochs: int, pretrained: bool = False) -> dict[str, Any]:
+def trained_recipe(name: str, dataset: str, img_size: int, epochs: int, pretrained: bool = False,
+                   max_steps: int | None = None) -> dict[str, Any]:
     """Everything a `trained()` cache entry depends on besides the seed."""
     return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": 64,
-            "val_fraction": 0.1, "method": "baseline", "pretrained": pretrained, "version": TRAINED_RECIPE_VERSION}
+            "val_fraction": 0.1, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
+            "version": TRAINED_RECIPE_VERSION}
 
 
 def trained_path(recipe: dict[str, Any], seed: int) -> Path:
@@ -117,12 +119,12 @@ def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img
     timm's ImageNet weights and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers."""
     from . import data, distill, models
 
-    if epochs is None:
-        epochs = config.profile(profile or "cpu")["teacher_epochs"]
+    table = config.profile(profile or "cpu")
+    epochs = table["teacher_epochs"] if epochs is None else epochs
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     num_classes = data.num_classes(dataset)
-    recipe = trained_recipe(name, dataset, img_size, epochs, pretrained)
+    recipe = trained_recipe(name, dataset, img_size, epochs, pretrained, table["max_steps"])
     if batch_size:
         recipe["batch_size"] = batch_size
     path = trained_path(recipe, seed)
@@ -134,7 +136,7 @@ def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img
                                         val_fraction=recipe["val_fraction"], seed=seed)
         recipe_obj = distill.Recipe.fine_tune(epochs) if pretrained else None
         result = distill.fit("baseline", None, model, train, val, test=test, epochs=epochs, seed=seed,
-                             device=device, progress=progress, recipe=recipe_obj)
+                             device=device, progress=progress, recipe=recipe_obj, max_steps=recipe["max_steps"])
         model.cpu()
         meta = {"recipe": recipe, "seed": seed, "test_acc": result.final_test_acc, "val_acc": result.final_val_acc,
                 "epochs": epochs, "train_seconds": result.wall_s, "parameters": models.count_parameters(model)}

@@ -47,6 +47,13 @@ def checkpoints_dir() -> Path:
     return path
 
 
+def outputs_dir() -> Path:
+    """Where runs write executed notebooks, results and reports: `<repo>/outputs` in a checkout."""
+    path = (REPO_DIR if in_checkout() else home()) / "outputs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def notebooks_dir() -> Path:
     """The numbered notebooks of the course (only present in a checkout)."""
     return REPO_DIR / "notebooks"
@@ -102,6 +109,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "student": "tiny_vit",
         "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0],
+        "assistant_pairs": [["tiny_vit", "tiny_resnet"]],
+        "train_steps": 3,
         "device": "cpu",
         "amp": False,
     },
@@ -122,6 +131,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "student": "tiny_vit",
         "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0, 1, 2],
+        "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
+        "train_steps": 40,
         "device": "auto",
         "amp": False,
     },
@@ -142,6 +153,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "student": "deit_tiny_patch16_224",
         "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0, 1, 2],
+        "assistant_pairs": [["swin_tiny_patch4_window7_224", "resnet18"], ["vit_small_patch16_224", "resnet18"],
+                            ["vit_small_patch16_224", "mobilenetv2_100"], ["convnext_tiny", "deit_tiny_patch16_224"],
+                            ["convnext_tiny", "resmlp_12_224"]],
+        "train_steps": 200,
         "device": "auto",
         "amp": True,
     },

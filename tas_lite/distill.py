@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, config
-from .methods import METHODS, build_method
+from .methods import METHODS, Method, build_method, method_name
 from .results import Result
 from .stages import family
 
@@ -144,17 +144,23 @@ def _finite_or_raise(total: torch.Tensor, terms: dict[str, torch.Tensor], epoch:
                         f"Training stopped; {last_good}. Lower the learning rate or check the inputs.")
 
 
-def fit(method: str, teacher: nn.Module | None, student: nn.Module, train, val, *, epochs: int,
+def fit(method: str | Method, teacher: nn.Module | None, student: nn.Module, train, val, *, epochs: int,
         test=None, recipe: Recipe | None = None, seed: int = 0, device: str = "auto", amp: bool | None = None,
         channels_last: bool | None = None, compile: bool = False, progress: bool = True,
         checkpoint_dir: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
         method_kwargs: dict[str, Any] | None = None, img_size: int | None = None) -> Result:
     """Train `student` with `method` (a name in `tas_lite.methods.METHODS`), distilling from `teacher`.
 
-    The teacher is frozen and kept in eval mode. `max_steps` caps the steps per epoch (smoke runs).
+    `method` may also be a Method you built yourself (`methods.build_method(...)`) for the same
+    teacher and student: after `fit` it holds the trained extras, e.g. TAS's assistant. The teacher is frozen and kept in eval mode. `max_steps` caps the steps per epoch (smoke runs).
     With `checkpoint_dir`, the full training state is saved at every epoch end; `resume=True` picks
     up after the last complete epoch and ends with the same weights as an uninterrupted run (CPU).
     """
+    prebuilt = method if isinstance(method, Method) else None
+    if prebuilt is not None:
+        method = method_name(prebuilt)
+        if prebuilt.teacher is not teacher or prebuilt.student is not student:
+            raise ValueError("a prebuilt method must be built for the same teacher and student objects passed to fit")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if not isinstance(epochs, int) or epochs < 1:
@@ -163,8 +169,10 @@ def fit(method: str, teacher: nn.Module | None, student: nn.Module, train, val, 
     amp_dtype, use_scaler = _amp_dtype(dev, amp)
     channels_last = dev.type == "cuda" if channels_last is None else channels_last
     config.seed_everything(seed)
-    if teacher is not None:
-        teacher.eval().requires_grad_(False).to(dev)
+    if teacher is not None:  # frozen; a prebuilt method has already frozen what it does not train
+        teacher.eval().to(dev)
+        if prebuilt is None:
+            teacher.requires_grad_(False)
     student.train().to(dev)
     if channels_last:
         student.to(memory_format=torch.channels_last)
@@ -173,8 +181,8 @@ def fit(method: str, teacher: nn.Module | None, student: nn.Module, train, val, 
     img_size = img_size or int(next(iter(val))[0].shape[-1])
     num_classes = _check_pair(teacher, student)
     recipe = recipe or Recipe.for_student(student, epochs)
-    impl = build_method(method, teacher, student, img_size=img_size,
-                        **{"label_smoothing": recipe.label_smoothing, **(method_kwargs or {})})
+    impl = prebuilt or build_method(method, teacher, student, img_size=img_size,
+                                    **{"label_smoothing": recipe.label_smoothing, **(method_kwargs or {})})
     impl.to(dev)
     params = impl.trainable_parameters()
     optimizer = recipe.build(params)
@@ -236,7 +244,7 @@ def fit(method: str, teacher: nn.Module | None, student: nn.Module, train, val, 
             correct += (out.logits.argmax(1) == y).sum().item()
             seen += y.numel()
             if progress:
-                bar.set_postfix(loss=f"{float(out.loss):.3f}", acc=f"{100 * correct / seen:.1f}")
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{100 * correct / seen:.1f}")
         train_s = time.perf_counter() - started
         impl.eval()
         row = {"epoch": epoch + 1, **{f"loss/{k}": v / steps_per_epoch for k, v in sums.items()},
@@ -288,16 +296,17 @@ def _progress(loader, total: int, desc: str, enabled: bool):
 
 def prepare_teacher(name: str, dataset: str = "digits", *, profile: str = "cpu", seed: int = 0,
                     img_size: int | None = None, epochs: int | None = None, checkpoint: str | Path | None = None,
-                    device: str = "auto", progress: bool = True) -> nn.Module:
+                    pretrained: bool | None = None, device: str = "auto", progress: bool = True) -> nn.Module:
     """The teacher for a profile, trained once and cached.
 
     cpu/smoke: a tiny model trained from scratch (`models.trained`). gpu: timm's ImageNet weights
     fine-tuned on `dataset` (CIFAR-100 in the paper's recipe). `checkpoint` loads your own weights
-    (safetensors) instead. The test accuracy is in `teacher.tas_lite_info["test_acc"]`.
+    (safetensors) instead. `pretrained=False` trains a timm teacher from scratch (e.g. to check the
+    gpu profile offline). The test accuracy is in `teacher.tas_lite_info["test_acc"]`.
     """
     from . import data, models
 
-    cfg = config.resolve(profile, img_size=img_size, teacher_epochs=epochs)
+    cfg = config.resolve(profile, img_size=img_size, teacher_epochs=epochs, pretrained=pretrained)
     if checkpoint is not None:
         teacher = models.create(name, num_classes=data.num_classes(dataset), img_size=cfg.img_size)
         path = Path(checkpoint).with_suffix(".safetensors")
@@ -317,8 +326,9 @@ def result_name(teacher: str | None, student: str, method: str, seed: int) -> st
 
 def run(method: str, teacher: str, student: str, *, profile: str = "cpu", dataset: str | None = None,
         seed: int = 0, epochs: int | None = None, batch_size: int | None = None, img_size: int | None = None,
-        device: str | None = None, amp: bool | None = None, out_dir: str | Path | None = None,
-        progress: bool = True, method_kwargs: dict[str, Any] | None = None) -> Result:
+        device: str | None = None, amp: bool | None = None, pretrained: bool | None = None,
+        out_dir: str | Path | None = None, progress: bool = True,
+        method_kwargs: dict[str, Any] | None = None) -> Result:
     """One configuration end to end: data, cached teacher, fresh student, `fit`, results JSON.
 
     Knobs left at None take the profile's values. The teacher is always trained with seed 0 (one
@@ -332,7 +342,7 @@ def run(method: str, teacher: str, student: str, *, profile: str = "cpu", datase
     t_model = None
     if method != "baseline":
         t_model = prepare_teacher(teacher, cfg.dataset, profile=profile, img_size=cfg.img_size,
-                                  device=cfg.device, progress=progress)
+                                  pretrained=pretrained, device=cfg.device, progress=progress)
     config.seed_everything(seed)
     s_model = models.create(student, num_classes=data.num_classes(cfg.dataset), img_size=cfg.img_size)
     result = fit(method, t_model, s_model, train, val, test=test, epochs=cfg.epochs, seed=seed, device=cfg.device,

@@ -198,3 +198,18 @@ class TASLoss(nn.Module):
             terms[f"ofa_{key}"] = ofa(z_y, z_x, target, self.gamma, self.ofa_temperature)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms
+
+
+def ofa_class_weights(p_teacher: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """OFA's weight on log p_s for a class the teacher gives probability p: (as target, as non-target)."""
+    return (1 + p_teacher).pow(gamma) - 1, p_teacher.pow(gamma)
+
+
+def logit_gradient_split(loss_fn, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         target: torch.Tensor) -> dict[str, float]:
+    """Mean gradient of `loss_fn(s, t, y)` w.r.t. the student's target logit, and mean |gradient| on
+    the non-target logits: where each loss pushes."""
+    s = student_logits.detach().float().requires_grad_()
+    loss_fn(s, teacher_logits.detach(), target).backward()
+    mask = F.one_hot(target, s.shape[1]).bool()
+    return {"target logit": s.grad[mask].mean().item(), "non-target logits (mean |grad|)": s.grad[~mask].abs().mean().item()}

@@ -308,3 +308,11 @@ def build_method(name: str, teacher: nn.Module | None, student: nn.Module, **kwa
         return METHODS[name](teacher, student, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments for method {name!r}: {err}") from err
+
+
+def method_name(method: Method) -> str:
+    """The registry name of a method instance."""
+    for name, cls in METHODS.items():
+        if type(method) is cls:
+            return name
+    raise ValueError(f"{type(method).__name__} is not a registered method; registered: {', '.join(METHODS)}")

@@ -256,7 +256,7 @@ def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, 
     module it is; frozen parts hatched; parameter counts inside, output shapes below."""
     from matplotlib.patches import FancyBboxPatch, Patch
 
-    fig, ax = plt.subplots(figsize=(1.45 * len(parts) + 0.6, 2.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(1.45 * len(parts) + 0.6, 2.3), constrained_layout=True)
     for k, part in enumerate(parts):
         box = FancyBboxPatch((k * 1.4, 0), 1.15, 1, boxstyle="round,pad=0.03", fc=SOURCE_COLORS[part.source],
                              ec="black", lw=0.8, alpha=0.9, hatch=None if part.trainable else "//")
@@ -271,21 +271,22 @@ def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, 
             ax.annotate("", (k * 1.4, 0.5), ((k - 1) * 1.4 + 1.15, 0.5), arrowprops=dict(arrowstyle="->", lw=1))
     handles = [Patch(fc=c, label=f"{s}: {names.get(s, s)}") for s, c in SOURCE_COLORS.items()]
     handles.append(Patch(fc="white", ec="black", hatch="//", label="frozen"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=4, fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=4, fontsize=8, frameon=False)
     ax.set_xlim(-0.1, 1.4 * len(parts))
-    ax.set_ylim(-0.5, 1.1)
+    ax.set_ylim(-0.75, 1.1)
     ax.axis("off")
     ax.set_title(title)
     return fig
 
 
 def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xscale: str = "linear",
-           styles: dict[str, str] | None = None, ax=None):
+           styles: dict[str, str] | None = None, colors: dict[str, str] | None = None, ax=None):
     """Labelled lines on one axes (optionally log-x); returns the figure."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.4, 3.4), constrained_layout=True)
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, (styles or {}).get(label, "-"), label=label)
+        color = (colors or {}).get(label)
+        ax.plot(xs, ys, (styles or {}).get(label, "-"), label=label, **({"color": color} if color else {}))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale)
     ax.legend(fontsize=8)
     return ax.figure
@@ -318,11 +319,13 @@ def loss_terms(terms: dict[str, float], *, title: str, groups: dict[str, str] | 
     bars = ax.barh(names, [terms[n] for n in names], color=colors)
     ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     ax.invert_yaxis()
+    ax.set_xlim(0, 1.15 * max(terms.values()))
     ax.set(title=title, xlabel="value (nats)", ylabel="loss term")
     if groups:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=c, label=g) for g, c in palette.items()], fontsize=8, loc="lower right")
+        ax.legend(handles=[Patch(color=c, label=g) for g, c in palette.items()], fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
@@ -344,3 +347,18 @@ def learning_curves(histories: dict[str, list[dict]], *, title: str, extra: dict
     right.legend(fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def sliders(render, ranges: dict[str, tuple[float, float, float, float]], *, interactive: bool) -> None:
+    """`render(**defaults)` once (kept by batch runs and HTML export); then, when `interactive` and
+    ipywidgets is installed, float sliders over `ranges` = {name: (min, max, step, default)}."""
+    render(**{name: spec[3] for name, spec in ranges.items()})
+    if not interactive:
+        return
+    try:
+        import ipywidgets
+    except ImportError:
+        print("ipywidgets is not installed: static figure only (pip install ipywidgets for the sliders)")
+        return
+    ipywidgets.interact(render, **{name: ipywidgets.FloatSlider(value=d, min=lo, max=hi, step=st, description=name)
+                                   for name, (lo, hi, st, d) in ranges.items()})

@@ -40,20 +40,21 @@ def test_timm_stage_view_reproduces_forward_at_224(name, fam):
 
 
 def test_isotropic_split_is_the_papers_for_12_blocks():
-    assert models.stages(models.create("tiny_vit", num_classes=10)).stages[2][0] is \
-        models.create("tiny_vit", num_classes=10).blocks[4] or True  # different objects, check ranges below
     from tas_lite.stages import isotropic_split
+
     assert isotropic_split(12) == [(0, 2), (2, 4), (4, 10), (10, 12)]
     assert isotropic_split(24) == [(0, 4), (4, 8), (8, 20), (20, 24)]
+    assert isotropic_split(6) == [(0, 1), (1, 2), (2, 5), (5, 6)]
     assert all(b > a for a, b in isotropic_split(4))
     with pytest.raises(ValueError, match="at least 4 blocks"):
         isotropic_split(3)
 
 
 def test_view_shares_modules_with_the_model():
-    model = models.create("tiny_vit", num_classes=10)
+    model = models.create("tiny_mixer", num_classes=10)  # 12 blocks: the paper's split
     view = models.stages(model)
     assert view.stages[2][0] is model.blocks[4] and view.stages[3][-1] is model.blocks[11]
+    assert [len(s) for s in view.stages] == [2, 2, 6, 2]
 
 
 def test_same_seed_same_weights():

@@ -57,8 +57,8 @@ def test_uniform_attention_gives_mean_pairwise_distance(images):
         nn.init.zeros_(block.attn.qkv.weight)
         nn.init.zeros_(block.attn.qkv.bias)
     dist = torch.stack(probes.mean_attention_distance(vit, images))
-    assert dist.shape == (12, 4)
-    assert torch.allclose(dist, torch.full((12, 4), brute_force_mean_distance(8, 4)), atol=1e-3)
+    assert dist.shape == (6, 3)
+    assert torch.allclose(dist, torch.full((6, 3), brute_force_mean_distance(8, 4)), atol=1e-3)
 
 
 def test_untrained_vit_distance_near_method_md(zoo, images):
