@@ -34,11 +34,6 @@ class NotebookFailed(RuntimeError):
         self.report = report
 
 
-def outputs_dir() -> Path:
-    """`<repo>/outputs` in a checkout, else `./outputs`: where runs, sweeps and benches write."""
-    return (config.REPO_DIR if config.in_checkout() else Path.cwd()) / "outputs"
-
-
 def discover(notebooks_dir: str | Path | None = None, only: Sequence[str] | None = None) -> list[Path]:
     """The numbered notebooks (`NN_name.ipynb`) in order; `only` picks some by number or name ("03", "03_l2g")."""
     folder = Path(notebooks_dir) if notebooks_dir is not None else config.notebooks_dir()
@@ -242,7 +237,7 @@ def run(profile: str = "cpu", *, notebooks_dir: str | Path | None = None, only: 
     (with the cell's error and the executed copy's path) when a notebook fails; later notebooks don't run.
     """
     jobs = plan(profile, notebooks_dir, only, parameters)
-    out = Path(out_dir) if out_dir is not None else outputs_dir() / profile
+    out = Path(out_dir) if out_dir is not None else config.outputs_dir() / profile
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(profile, out, [NotebookRun(j.path, out / j.path.name, j.parameters) for j in jobs])
     started = time.perf_counter()

@@ -41,10 +41,8 @@ _ORDER = list(METHODS) + ["crd"]
 
 def default_dir(profile: str) -> Path:
     """`outputs/sweep/<profile>`: one folder per profile, so smoke results never mix with cpu ones."""
-    from .runner import outputs_dir
-
     config.profile(profile)
-    return outputs_dir() / "sweep" / profile
+    return config.outputs_dir() / "sweep" / profile
 
 
 @dataclass(frozen=True)
