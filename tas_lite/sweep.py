@@ -45,6 +45,12 @@ def default_dir(profile: str) -> Path:
     return config.outputs_dir() / "sweep" / profile
 
 
+def result_dirs(profile: str) -> list[Path]:
+    """Where a profile's results JSON are looked for, in order: the sweep's folder, then the folder
+    notebook 05 writes its single-seed runs to (`outputs/<profile>/results`)."""
+    return [default_dir(profile), config.outputs_dir() / profile / "results"]
+
+
 @dataclass(frozen=True)
 class Configuration:
     """One training run of a sweep; baselines have no teacher (run once per student and seed)."""

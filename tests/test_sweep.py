@@ -105,3 +105,12 @@ def test_paper_table_and_gains():
     assert "**81.61**" in paper.markdown() and "Teacher" in paper.markdown()
     gains = sweep.gains_over(paper, "kd")
     assert gains["TAS"] == pytest.approx((2.87 + 4.67 + 9.33 + 6.58 + 5.78) / 5)
+
+
+def test_paper_reference_and_result_dirs():
+    assert sweep.paper_reference("convnext_tiny", "deit_tiny_patch16_224")[0] == "ConvNeXt-T -> DeiT-T"
+    label, row = sweep.paper_reference("tiny_convnext", "tiny_vit")
+    assert label == "ConvNeXt-T -> DeiT-T (same families)" and row["tas"] == 79.57
+    assert sweep.paper_reference("swin_tiny_patch4_window7_224", "resnet18")[1]["baseline"] == 74.01
+    sweep_dir, notebook_dir = sweep.result_dirs("cpu")
+    assert sweep_dir.parts[-2:] == ("sweep", "cpu") and notebook_dir.parts[-2:] == ("cpu", "results")
