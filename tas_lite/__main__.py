@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="also time convnext_tiny -> deit_tiny at 224 px (default: on CUDA only)")
     bench.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=True,
                        help="time each notebook in the smoke profile (default: on)")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     return parser
 
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import bench, format_table
 
             report = bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair, notebooks=args.notebooks,
-                           out=args.out)
+                           threads=args.threads, out=args.out)
             print(format_table(report))
             if args.out:
                 print(f"saved {args.out}")
