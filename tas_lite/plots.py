@@ -261,7 +261,7 @@ def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, 
         box = FancyBboxPatch((k * 1.4, 0), 1.15, 1, boxstyle="round,pad=0.03", fc=SOURCE_COLORS[part.source],
                              ec="black", lw=0.8, alpha=0.9, hatch=None if part.trainable else "//")
         ax.add_patch(box)
-        owner = names.get(part.source, part.source)
+        owner = "new module" if part.source == "new" else names.get(part.source, part.source)
         ax.text(k * 1.4 + 0.575, 0.68, part.name, ha="center", va="center", fontsize=9, weight="bold", color="white")
         ax.text(k * 1.4 + 0.575, 0.38, f"{owner}\n{part.parameters / 1e3:,.1f}k params", ha="center", va="center",
                 fontsize=7, color="white")

@@ -145,3 +145,16 @@ def test_recipe_warms_up_then_decays_to_min_lr():
     assert recipe.lr_at(50, 10, 5) == pytest.approx(1e-5)
     assert distill.Recipe.for_student(models.create("tiny_resnet", num_classes=10), 10).optimizer == "sgd"
     assert distill.Recipe.for_student(models.create("tiny_vit", num_classes=10), 10).optimizer == "adamw"
+
+
+def test_gpu_profile_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypatch):
+    """The gpu profile's code path (timm paper pair, 'pretrained' switched off, synthetic data in place of
+    CIFAR-100) at a small size; on a CUDA machine the same call with device='cuda' uses AMP."""
+    monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / "home"))
+    small = {**config.PROFILES["gpu"], "max_steps": 2, "teacher_epochs": 1, "batch_size": 8, "img_size": 64}
+    monkeypatch.setitem(config.PROFILES, "gpu", small)
+    result = distill.run("tas", "convnext_tiny", "deit_tiny_patch16_224", profile="gpu", dataset="synthetic",
+                         pretrained=False, epochs=1, device="cpu", amp=False, out_dir=tmp_path, progress=False)
+    assert result.config["profile"] == "gpu" and result.config["img_size"] == 64
+    assert (tmp_path / distill.result_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
+    assert "assistant" in result.extra_test_acc
