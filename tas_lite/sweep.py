@@ -165,6 +165,15 @@ class SweepTable:
             text += f" ± {self.std.at[row, method]:.{digits}f}"
         return text
 
+    def difference(self, row: str, a: str, b: str) -> tuple[float, float]:
+        """Mean of `a` minus mean of `b` in one row, with the standard error of that difference
+        (sqrt(std_a^2 / n_a + std_b^2 / n_b); nan with a single seed or a quoted table)."""
+        diff = float(self.mean.at[row, a] - self.mean.at[row, b])
+        if self.std is None or self.count is None:
+            return diff, math.nan
+        var = sum(self.std.at[row, m] ** 2 / self.count.at[row, m] for m in (a, b))
+        return diff, float(math.sqrt(var))
+
     def markdown(self) -> str:
         """The table in Markdown, best per row in bold, a teacher column when known, caption below."""
         columns = list(self.mean.columns)

@@ -16,10 +16,10 @@ ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
 }
 
 
-def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0):
+def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0, batch_size=64):
     return Result(method, teacher, student, seed, epochs, final_test_acc=acc, best_val_test_acc=acc - 1,
                   config={"profile": profile, "teacher_test_acc": None if teacher is None else teacher_acc,
-                          "dataset": "digits", "batch_size": 64})
+                          "dataset": "digits", "batch_size": batch_size})
 
 
 def fabricated():
@@ -45,6 +45,8 @@ def test_aggregate_mean_std_and_best(tmp_path):
     csv = pd.read_csv(paths["csv"], index_col="pair")
     assert csv.at[row, "best"] == "tas" and csv.at[row, "kd_std"] == pytest.approx(2.0) and csv.at[row, "kd_n"] == 3
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
+    diff, stderr = table.difference(row, "tas", "kd")
+    assert diff == pytest.approx(4.0) and stderr == pytest.approx(math.sqrt(1 / 3 + 4 / 3))
     best_val = sweep.aggregate(fabricated(), metric="best_val_test_acc")
     assert best_val.mean.at[row, "tas"] == pytest.approx(95.0)
 
@@ -78,8 +80,9 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
 
     def fake_run(method, teacher, student, *, profile, seed, epochs, out_dir, progress):
         calls.append((method, teacher, student, seed))
+        cfg = config.resolve(profile, epochs=epochs)
         result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=profile,
-                             epochs=config.resolve(profile, epochs=epochs).epochs)
+                             epochs=cfg.epochs, batch_size=cfg.batch_size)
         result.save(out_dir / distill.result_name(teacher, student, method, seed))
         return result
 
