@@ -175,18 +175,25 @@ def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile:
 
 
 def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[str, Any]:
-    """Wall time of each notebook in the smoke profile, through the runner, in a scratch output folder."""
+    """Wall time of each notebook in the smoke profile, each run on its own through the runner (so one
+    failure does not hide the others' times), in a scratch output folder."""
     import tempfile
 
     from . import runner
 
     _say(progress, "notebooks, smoke profile:")
+    times = {}
     with tempfile.TemporaryDirectory(prefix="tas_lite_bench_") as scratch:
-        try:
-            report = runner.run("smoke", notebooks_dir=notebooks_dir, out_dir=scratch, progress=progress)
-        except runner.NotebookFailed as err:
-            report = err.report
-    return {nb.name: {"status": nb.status, "wall_s": round(nb.wall_s, 2)} for nb in report.notebooks}
+        for path in runner.discover(notebooks_dir):
+            try:
+                report = runner.run("smoke", notebooks_dir=path.parent, only=[path.stem], out_dir=scratch,
+                                    progress=False)
+            except runner.NotebookFailed as err:
+                report = err.report
+            (nb,) = report.notebooks
+            times[nb.name] = {"status": nb.status, "wall_s": round(nb.wall_s, 2), "error": nb.error}
+            _say(progress, f"  {nb.name}: {nb.status} in {nb.wall_s:.1f} s" + (f" ({nb.error})" if nb.error else ""))
+    return times
 
 
 def format_table(report: dict) -> str:
