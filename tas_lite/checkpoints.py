@@ -22,7 +22,7 @@ from torch import nn
 from . import config
 
 # Recipe of `trained()`: what a cache entry depends on besides name, dataset and seed.
-TRAINED_RECIPE_VERSION = 1
+TRAINED_RECIPE_VERSION = 2
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -102,7 +102,7 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
 def trained_recipe(name: str, dataset: str, img_size: int, epochs: int, pretrained: bool = False,
                    max_steps: int | None = None) -> dict[str, Any]:
     """Everything a `trained()` cache entry depends on besides the seed."""
-    return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": 64,
+    return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": 32,
             "val_fraction": 0.1, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
             "version": TRAINED_RECIPE_VERSION}
 

@@ -95,7 +95,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset": "digits",
         "img_size": 32,
-        "batch_size": 64,
+        "batch_size": 32,
         "teacher_epochs": 2,
         "epochs": 1,
         "max_steps": 4,
@@ -117,7 +117,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "dataset": "digits",
         "img_size": 32,
-        "batch_size": 64,
+        "batch_size": 32,
         "teacher_epochs": 10,
         "epochs": 10,
         "max_steps": None,
