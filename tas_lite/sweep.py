@@ -68,6 +68,8 @@ class Configuration:
 def configurations(teachers: Sequence[str], students: Sequence[str], methods: Sequence[str],
                    seeds: Sequence[int]) -> list[Configuration]:
     """Every (teacher, student, method, seed), baselines once per student; names checked up front."""
+    import timm
+
     from . import models
 
     unknown = [m for m in methods if m not in METHODS]
@@ -76,8 +78,6 @@ def configurations(teachers: Sequence[str], students: Sequence[str], methods: Se
     bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
     if bad_seeds or not seeds:
         raise ValueError(f"seeds must be non-negative ints (at least one), got {list(seeds)}")
-    import timm
-
     for name in [*teachers, *students]:
         if name not in models.TINY and not timm.is_model(name):
             raise ValueError(f"unknown model {name!r}; tiny models: {', '.join(models.TINY)}, or any timm name")
