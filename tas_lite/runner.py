@@ -345,6 +345,8 @@ def _save_figures(node, folder: Path, stem: str) -> list[Path]:
     import base64
 
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{stem}_*.png"):  # from an earlier run of the same notebook
+        stale.unlink()
     paths = []
     for cell in node.cells:
         for output in cell.get("outputs", []):
