@@ -268,6 +268,7 @@ def fit(method: str | Method, teacher: nn.Module | None, student: nn.Module, tra
                 "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "elapsed": elapsed}, ckpt)
 
     impl.eval()
+    optimizer.zero_grad(set_to_none=True)  # a trained model hands over no stale gradients (and frees their memory)
     result.wall_s = elapsed
     result.final_val_acc = result.history[-1]["val_acc"]
     result.images_per_s = sum(r["images_per_s"] for r in result.history) / len(result.history)

@@ -42,6 +42,7 @@ def test_tas_with_a_cnn_student_trains_two_steps_through_fit():
     row = result.history[0]
     assert {"loss/nce_ts", "loss/ofa_as", "loss/ce_a", "assistant_val_acc"} <= set(row)
     assert "assistant" in result.extra_test_acc
+    assert all(p.grad is None for p in student.parameters()), "a trained model keeps no stale gradients"
 
 
 def test_teacher_stays_frozen_and_unchanged():
