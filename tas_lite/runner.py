@@ -365,7 +365,8 @@ def _esc(text: Any) -> str:
 
 
 def _card(nb: NotebookRun, node) -> str:
-    """One notebook's card: title, blurb, status, wall time, check cells, first figure, links."""
+    """One notebook's card: title, blurb, status, wall time, check cells, first figure, links, and a
+    strip with every figure the notebook drew (each links to its full-size PNG)."""
     paragraphs = [" ".join(part.split()) for c in node.cells if c.cell_type == "markdown"
                   for part in re.split(r"\n\s*\n", c.source)]
     title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), nb.name)
@@ -381,6 +382,9 @@ def _card(nb: NotebookRun, node) -> str:
     links = (f'<a href="{_esc(nb.html.name)}">HTML</a> &middot; <a href="{_esc(nb.output.name)}">executed .ipynb</a>'
              if nb.html else "not executed")
     error = f'<pre class="error">{_esc(nb.error)}</pre>' if nb.error else ""
+    gallery = "".join(f'<a href="figures/{_esc(f.name)}" title="figure {i}"><img src="figures/{_esc(f.name)}" '
+                      f'alt="figure {i} of {_esc(nb.name)}"></a>' for i, f in enumerate(nb.figures, 1))
+    gallery = f'<div class="gallery">{gallery}</div>' if len(nb.figures) > 1 else ""
     params = f"<p class=\"meta\">parameters: {_esc(extra)}</p>" if extra else ""
     return f"""<article class="card {nb.status.replace(' ', '-')}">
   {thumb}
@@ -391,6 +395,7 @@ def _card(nb: NotebookRun, node) -> str:
     <p>{_esc(blurb)}</p>{params}{error}
     <p class="links">{links}</p>
   </div>
+  {gallery}
 </article>"""
 
 
@@ -401,10 +406,12 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 header { background: #1e3a8a; color: white; padding: 22px 32px; }
 header h1 { margin: 0 0 6px; font-size: 26px; } header p { margin: 0; opacity: .9; }
 main { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; padding: 24px 32px; }
-.card { display: flex; gap: 16px; background: white; border-radius: 10px; padding: 14px;
+.card { display: flex; flex-wrap: wrap; gap: 16px; background: white; border-radius: 10px; padding: 14px;
         box-shadow: 0 1px 3px rgba(0,0,0,.12); border-left: 6px solid #9ca3af; }
 .card.ok { border-left-color: #16a34a; } .card.failed { border-left-color: #dc2626; }
 .card img, .nofig { width: 220px; height: 160px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 6px; background: white; }
+.gallery { flex-basis: 100%; display: flex; flex-wrap: wrap; gap: 8px; }
+.gallery img { width: auto; height: 96px; max-width: 180px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 4px; }
 .nofig { display: flex; align-items: center; justify-content: center; color: #9ca3af; }
 .body { flex: 1; min-width: 0; } h2 { font-size: 18px; margin: 0 0 4px; } h2 a { color: #1e3a8a; text-decoration: none; }
 .meta { color: #4b5563; font-size: 13px; margin: 4px 0; }

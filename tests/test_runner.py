@@ -160,3 +160,5 @@ def test_results_notebook_through_the_runner(tmp_path):
     assert record.status == "ok" and len(record.figures) == 3
     html = record.html.read_text()
     assert "<strong>94.50 ± 0.71</strong>" in html and "same order as the paper" in html  # best per row in bold
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert all(f'src="figures/{f.name}"' in index for f in record.figures), "the index shows every figure"
