@@ -22,7 +22,7 @@ from torch import nn
 from . import config
 
 # Recipe of `trained()`: what a cache entry depends on besides name, dataset and seed.
-TRAINED_RECIPE_VERSION = 2
+TRAINED_RECIPE_VERSION = 3  # 3: initial weights seeded inside trained()
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -128,6 +128,7 @@ def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img
     if batch_size:
         recipe["batch_size"] = batch_size
     path = trained_path(recipe, seed)
+    config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
     model = models.create(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained and not path.is_file())
     if path.is_file() and not retrain:
         meta = load_weights(model, path)

@@ -54,6 +54,13 @@ def outputs_dir() -> Path:
     return path
 
 
+def run_dir(profile: str) -> Path:
+    """Folder of one profile's notebook run (executed notebooks, results JSON): `$TAS_LITE_RUN_DIR` when
+    the runner set it (`run --out DIR`), else `outputs/<profile>`."""
+    override = os.environ.get("TAS_LITE_RUN_DIR")
+    return Path(override) if override else outputs_dir() / profile
+
+
 def notebooks_dir() -> Path:
     """The numbered notebooks of the course (only present in a checkout)."""
     return REPO_DIR / "notebooks"

@@ -212,14 +212,14 @@ class RunReport:
 
 
 @contextmanager
-def kernel_environment(profile: str) -> Iterator[None]:
+def kernel_environment(profile: str, out_dir: Path) -> Iterator[None]:
     """Environment the kernels inherit: the venv's kernelspecs first (a user-level `python3` can't take over),
-    the profile, batch mode (no widgets), and matplotlib's inline backend (an inherited MPLBACKEND=Agg would
+    the profile, the run's folder (`config.run_dir`), batch mode (no widgets), and matplotlib's inline backend (an inherited MPLBACKEND=Agg would
     keep figures out of the executed notebooks)."""
     saved = dict(os.environ)
     venv_jupyter = str(Path(sys.prefix) / "share" / "jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (venv_jupyter, saved.get("JUPYTER_PATH")) if p)
-    os.environ.update(TAS_LITE_PROFILE=profile, TAS_LITE_BATCH="1")
+    os.environ.update(TAS_LITE_PROFILE=profile, TAS_LITE_BATCH="1", TAS_LITE_RUN_DIR=str(Path(out_dir).resolve()))
     os.environ.pop("MPLBACKEND", None)
     try:
         yield
@@ -237,12 +237,12 @@ def run(profile: str = "cpu", *, notebooks_dir: str | Path | None = None, only: 
     (with the cell's error and the executed copy's path) when a notebook fails; later notebooks don't run.
     """
     jobs = plan(profile, notebooks_dir, only, parameters)
-    out = Path(out_dir) if out_dir is not None else config.outputs_dir() / profile
+    out = Path(out_dir) if out_dir is not None else config.run_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(profile, out, [NotebookRun(j.path, out / j.path.name, j.parameters) for j in jobs])
     started = time.perf_counter()
     failure = None
-    with kernel_environment(profile):
+    with kernel_environment(profile, out):
         for k, record in enumerate(report.notebooks, start=1):
             _say(progress, f"[{k}/{len(jobs)}] {record.name} ({profile}) ... ", end="")
             failure = _execute(record, cell_timeout, start_timeout)

@@ -47,8 +47,8 @@ def default_dir(profile: str) -> Path:
 
 def result_dirs(profile: str) -> list[Path]:
     """Where a profile's results JSON are looked for, in order: the sweep's folder, then the folder
-    notebook 05 writes its single-seed runs to (`outputs/<profile>/results`)."""
-    return [default_dir(profile), config.outputs_dir() / profile / "results"]
+    notebook 05 writes its single-seed runs to (`outputs/<profile>/results`, or `<DIR>/results` under `run --out DIR`)."""
+    return [default_dir(profile), config.run_dir(profile) / "results"]
 
 
 @dataclass(frozen=True)

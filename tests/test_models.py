@@ -111,3 +111,13 @@ def test_trained_caches_and_reloads_bit_identically(tmp_path, monkeypatch):
     a, b = first.state_dict(), again.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert again.tas_lite_info["test_acc"] == first.tas_lite_info["test_acc"]
+
+
+def test_trained_weights_depend_on_the_seed_only(tmp_path, monkeypatch):
+    """Two caches, different random draws before each call: the same seed must train the same model."""
+    states = []
+    for home, draws in (("a", 1), ("b", 1000)):
+        monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / home))
+        torch.randn(draws)  # whatever ran earlier in the session consumed the global RNG
+        states.append(models.trained("tiny_mixer", profile="smoke", epochs=1, progress=False).state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

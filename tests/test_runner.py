@@ -162,3 +162,12 @@ def test_results_notebook_through_the_runner(tmp_path):
     assert "<strong>94.50 ± 0.71</strong>" in html and "same order as the paper" in html  # best per row in bold
     index = (tmp_path / "out" / "index.html").read_text()
     assert all(f'src="figures/{f.name}"' in index for f in record.figures), "the index shows every figure"
+
+
+def test_kernels_learn_the_run_folder_so_results_follow_out(tmp_path, monkeypatch):
+    """`run --out DIR` must keep notebook 05's results under DIR, not in the default outputs folder."""
+    monkeypatch.delenv("TAS_LITE_RUN_DIR", raising=False)
+    assert config.run_dir("smoke") == config.outputs_dir() / "smoke"
+    with runner.kernel_environment("smoke", tmp_path / "elsewhere"):
+        assert config.run_dir("smoke") == (tmp_path / "elsewhere").resolve()
+    assert config.run_dir("smoke") == config.outputs_dir() / "smoke"
