@@ -235,12 +235,6 @@ def budget(assistant: HybridAssistant, student: nn.Module) -> float:
     return sum(p.numel() for p in assistant.new_parameters()) / count_parameters(student)
 
 
-def attention_params(dim: int) -> int:
-    """Parameters of one literal MSA layer (qkv + proj, with biases): about 4 d^2 (METHOD.md 3)."""
-    return 4 * dim * dim + 4 * dim + 2 * dim  # + the LayerNorm
-
-
-
 @torch.no_grad()
 def trace(assistant: HybridAssistant, x: torch.Tensor) -> list[dict[str, object]]:
     """Every step of the assistant's forward on `x`: part, owner and output shape, for teaching."""
