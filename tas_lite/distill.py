@@ -153,7 +153,8 @@ def fit(method: str | Method, teacher: nn.Module | None, student: nn.Module, tra
     """Train `student` with `method` (a name in `tas_lite.methods.METHODS`), distilling from `teacher`.
 
     `method` may also be a Method you built yourself (`methods.build_method(...)`) for the same
-    teacher and student: after `fit` it holds the trained extras, e.g. TAS's assistant. The teacher is frozen and kept in eval mode. `max_steps` caps the steps per epoch (smoke runs).
+    teacher and student: after `fit` it holds the trained extras, e.g. TAS's assistant. The teacher
+    is frozen and kept in eval mode. `max_steps` caps the steps per epoch (smoke runs).
     With `checkpoint_dir`, the full training state is saved at every epoch end; `resume=True` picks
     up after the last complete epoch and ends with the same weights as an uninterrupted run (CPU).
     """

@@ -214,8 +214,8 @@ class RunReport:
 @contextmanager
 def kernel_environment(profile: str, out_dir: Path) -> Iterator[None]:
     """Environment the kernels inherit: the venv's kernelspecs first (a user-level `python3` can't take over),
-    the profile, the run's folder (`config.run_dir`), batch mode (no widgets), and matplotlib's inline backend (an inherited MPLBACKEND=Agg would
-    keep figures out of the executed notebooks)."""
+    the profile, the run's folder (`config.run_dir`), batch mode (no widgets), and matplotlib's inline
+    backend (an inherited MPLBACKEND=Agg would keep figures out of the executed notebooks)."""
     saved = dict(os.environ)
     venv_jupyter = str(Path(sys.prefix) / "share" / "jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (venv_jupyter, saved.get("JUPYTER_PATH")) if p)
@@ -305,7 +305,7 @@ def machine() -> dict[str, Any]:
 
 def write_site(report: RunReport) -> Path:
     """Render each executed notebook to HTML (figures embedded), save its figures as PNGs, and write
-    `index.html` (one card per notebook: status, wall time, first figure, links) plus `run.json`."""
+    `index.html` (one card per notebook: status, wall time, its figures, links) plus `run.json`."""
     import json
 
     import nbformat
