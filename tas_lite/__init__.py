@@ -1,1 +1,26 @@
-"""tas_lite."""
+"""tas_lite: heterogeneous knowledge distillation (TAS / Fuse Before Transfer, OFA-KD, KD), as a course.
+
+`import tas_lite` is cheap: submodules load on first use, so `tas_lite.cka.linear` works without a
+separate `import tas_lite.cka`, the way `torch.nn` is reachable from `torch`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+# In import order: each module imports only modules above it (tests/test_architecture.py checks it).
+MODULES = ("util", "config", "profiles", "data", "stages", "models", "cka", "probes", "losses", "assistant",
+           "methods", "results", "checkpoints", "distill", "teachers", "plots", "tables", "experiments", "report",
+           "runner", "bench")
+
+
+def __getattr__(name: str):
+    if name in MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}; submodules: {', '.join(MODULES)}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *MODULES])

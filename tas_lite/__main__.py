@@ -6,16 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import config
+from . import bench as bench_module
+from . import config, experiments, profiles, runner
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tas_lite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    profiles = list(config.PROFILES)
+    names = list(profiles.PROFILES)
 
     run = commands.add_parser("run", help="execute the notebooks with papermill and write an HTML site")
-    run.add_argument("--profile", choices=profiles, default="cpu")
+    run.add_argument("--profile", choices=names, default="cpu")
     run.add_argument("--only", nargs="+", metavar="NB", help="notebooks by number or name, e.g. 01 03")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameters-cell value, e.g. -p EPOCHS 3 (checked before anything runs)")
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--students", nargs="+", help="default: the profile's student")
     sweep.add_argument("--methods", nargs="+", help="default: the profile's methods")
     sweep.add_argument("--seeds", nargs="+", type=int, help="default: the profile's seeds")
-    sweep.add_argument("--profile", choices=profiles, default="cpu")
+    sweep.add_argument("--profile", choices=names, default="cpu")
     sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
     sweep.add_argument("--metric", choices=["final_test_acc", "best_val_test_acc"], default="final_test_acc")
     sweep.add_argument("--out", help="results folder (default: outputs/sweep/<profile>)")
@@ -48,30 +49,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run one command; exit status 2 for bad input, 1 for a failed notebook."""
     args = _parser().parse_args(argv)
-    from .runner import NotebookFailed, parse_value
-
     try:
         if args.command == "run":
-            from .runner import run
-
-            params = {name: parse_value(value) for name, value in args.parameter}
-            run(args.profile, notebooks_dir=args.notebooks, only=args.only, parameters=params, out_dir=args.out,
-                cell_timeout=args.cell_timeout)
+            params = {name: runner.parse_value(value) for name, value in args.parameter}
+            runner.run(args.profile, notebooks_dir=args.notebooks, only=args.only, parameters=params,
+                       out_dir=args.out, cell_timeout=args.cell_timeout)
         elif args.command == "sweep":
-            from .sweep import sweep
-
-            table = sweep(args.teachers, args.students, args.methods, args.seeds, profile=args.profile,
-                          out_dir=args.out, epochs=args.epochs, metric=args.metric)
+            settings = profiles.resolve(args.profile, epochs=args.epochs)
+            table = experiments.sweep(settings, args.teachers, args.students, args.methods, args.seeds,
+                                      out_dir=args.out, metric=args.metric)
             print(table.markdown())
         else:
-            from .bench import bench, format_table
-
-            report = bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair, notebooks=args.notebooks,
-                           threads=args.threads, out=args.out)
-            print(format_table(report))
+            report = bench_module.bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair,
+                                        notebooks=args.notebooks, threads=args.threads, out=args.out)
+            print(bench_module.format_table(report))
             if args.out:
                 print(f"saved {args.out}")
-    except NotebookFailed as err:
+    except runner.NotebookFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:

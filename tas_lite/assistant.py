@@ -1,10 +1,11 @@
 """L2G and the hybrid assistant: CNN stages 1-3 -> L2G -> the other model's stage 4 and head.
 
-    p_a(x) = fc_m . S_m^4 . L2G . S_c^3 . S_c^2 . S_c^1 (x)          (METHOD.md section 3)
+    p_a(x) = fc_m . S_m^4 . L2G . S_c^3 . S_c^2 . S_c^1 (x)        (TAS, arXiv 2410.12342, section 3)
 
-The assistant owns no copy of anything: its front stages, back stage and head are the teacher's
-and student's own modules. Its only new parameters are L2G's (a patch embedding and one attention
-block), which is what makes it "negligible" in size.
+The assistant owns no copy of anything: its stem, front stages, back stage and head are the teacher's
+and student's own modules, and it registers exactly those (so `count_parameters(assistant)` is what it
+runs). Its only new parameters are L2G's (a patch embedding and one attention block) and, for a ViT
+receiver, its class token, which is what makes it "negligible" in size.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
-from .models import count_parameters
-from .stages import FAMILIES, StageView, family, stages
+from . import cka
+from .stages import FAMILIES, StageView, count_parameters, family, stages, unique_parameters
+from .util import eval_mode
+
+OWNERS = ("teacher", "student")
 
 
 class WindowedSelfAttention(nn.Module):
@@ -95,7 +100,7 @@ class L2G(nn.Module):
 
 @dataclass
 class Part:
-    """One row of the assistant's composition: which module, from whom, how big."""
+    """One row of the assistant's composition: which module, from whom, how big, whether it learns."""
 
     name: str
     source: str  # "student", "teacher" or "new"
@@ -103,28 +108,39 @@ class Part:
     trainable: bool
 
 
-class HybridAssistant(nn.Module):
-    """front (owner's stem + stages 1-3) -> L2G -> back (receiver's stage 4 + head).
+def frozen_call(module: nn.Module, *args, **kwargs):
+    """Run `module` with its weights detached: gradients flow through it to its input, never into its
+    weights (and no weight gradient is even computed). The caller's module is left as it was."""
+    weights = {name: p.detach() for name, p in module.named_parameters()}
+    return functional_call(module, weights, args, kwargs)
 
-    `front_owner`/`back_owner` say whose modules they are ("student" or "teacher").
+
+class HybridAssistant(nn.Module):
+    """stem + stages 1-3 of the front owner -> L2G -> stage 4 + head of the back owner.
+
+    `front_owner`/`back_owner` say whose modules they are ("student" or "teacher"). Parts owned by a
+    frozen owner (`frozen`, by default the teacher) keep their weights: they run in eval mode, with
+    detached weights, so nothing is written into the caller's model, not even `requires_grad`.
     """
 
     def __init__(self, front: StageView, back: StageView, front_owner: str, back_owner: str, l2g: L2G,
-                 prefix: nn.Parameter | None):
+                 prefix: nn.Parameter | None, frozen: tuple[str, ...] = ("teacher",)):
         super().__init__()
-        self.front_owner, self.back_owner = front_owner, back_owner
-        self._front, self._back = front, back  # plain references for stem/head/layout helpers
+        self.front_owner, self.back_owner, self.frozen = front_owner, back_owner, tuple(frozen)
+        self._front, self._back = front, back  # plain references, for layouts
+        self.stem = front.stem
         self.front_stages = nn.ModuleList(front.stages[:3])
-        self.back_stage = back.stages[3]
-        self.back_model = back.model  # head and final norm live here (registered: shared, not copied)
         self.l2g = l2g
         self.prefix = prefix
+        self.back_stage = back.stages[3]
+        self.head = back.head_part
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, pooled feature) from an image batch."""
-        h = self._front.stem(x)
-        for stage in self.front_stages:
-            h = stage(h)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.front_owner not in self.frozen):
+            h = self.stem(x)
+            for stage in self.front_stages:
+                h = stage(h)
         return self.forward_from_stage3(h)
 
     def forward_from_stage3(self, s3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,34 +149,51 @@ class HybridAssistant(nn.Module):
         Training passes the activation the owning model already computed, so shared stages run once.
         """
         tokens = self._back.from_nchw(self.l2g(self._front.nchw(s3)), prefix=self.prefix)
-        s4 = self.back_stage(tokens)
-        return self._back.head(s4), self._back.pool(s4)
+        run = frozen_call if self.back_owner in self.frozen else (lambda module, *a, **k: module(*a, **k))
+        s4 = run(self.back_stage, tokens)
+        return run(self.head, s4), run(self.head, s4, pre_logits=True).flatten(1)
 
     def new_parameters(self) -> list[nn.Parameter]:
         return list(self.l2g.parameters()) + ([self.prefix] if self.prefix is not None else [])
 
+    def _owned(self) -> dict[str, list[nn.Module]]:
+        return {self.front_owner: [self.stem, self.front_stages], self.back_owner: [self.back_stage, self.head]}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """New parameters, and the shared ones of owners that are not frozen, each once."""
+        shared = [p for owner, mods in self._owned().items() if owner not in self.frozen
+                  for m in mods for p in m.parameters()]
+        return unique_parameters(self.new_parameters() + shared)
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Exact accounting: {"new", "shared, trained", "shared, frozen"}; the three sum to the module's count."""
+        new = {id(p) for p in self.new_parameters()}
+        trained = {id(p) for p in self.trainable_parameters()} - new
+        groups = {"new": 0, "shared, trained": 0, "shared, frozen": 0}
+        for p in unique_parameters(self.parameters()):
+            key = "new" if id(p) in new else "shared, trained" if id(p) in trained else "shared, frozen"
+            groups[key] += p.numel()
+        return groups
+
     def parts(self) -> list[Part]:
         """Composition table: every part, its source, parameter count and whether it trains."""
         front, back = self._front.part_sizes(), self._back.part_sizes()
-        rows = [Part("stem", self.front_owner, front["stem"], _trainable(self.front_stages))]
-        rows += [Part(f"stage {i + 1}", self.front_owner, front[f"stage{i + 1}"], _trainable(s))
-                 for i, s in enumerate(self.front_stages)]
+        f_train, b_train = self.front_owner not in self.frozen, self.back_owner not in self.frozen
+        rows = [Part("stem", self.front_owner, front["stem"], f_train)]
+        rows += [Part(f"stage {i + 1}", self.front_owner, front[f"stage{i + 1}"], f_train) for i in range(3)]
         rows.append(Part("L2G", "new", sum(p.numel() for p in self.new_parameters()), True))
-        rows.append(Part("stage 4", self.back_owner, back["stage4"], _trainable(self.back_stage)))
-        rows.append(Part("head", self.back_owner, back["head"], _trainable(self.back_model)))
+        rows.append(Part("stage 4", self.back_owner, back["stage4"], b_train))
+        rows.append(Part("head", self.back_owner, back["head"], b_train))
         return rows
 
     def train(self, mode: bool = True) -> HybridAssistant:
-        """Frozen (teacher) parts stay in eval mode whatever `mode` says."""
+        """Frozen parts stay in eval mode whatever `mode` says."""
         super().train(mode)
-        for module in (self.front_stages, self.back_stage, self.back_model):
-            if not _trainable(module):
-                module.eval()
+        for owner, mods in self._owned().items():
+            if owner in self.frozen:
+                for m in mods:
+                    m.eval()
         return self
-
-
-def _trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
 
 
 def _receiver_window(back: StageView) -> int | None:
@@ -199,15 +232,16 @@ def build(teacher: nn.Module, student: nn.Module, *, img_size: int = 32, freeze_
           heads: int | None = None, attn_dim: int | None = None) -> HybridAssistant:
     """The hybrid assistant for an ordered (teacher, student) pair of any families.
 
-    `freeze_teacher` (paper open; default True) keeps the teacher's shared parts frozen, so only
-    L2G is new and trainable besides the student's own parts. `attn_dim` defaults to the narrower
-    of the two widths L2G joins (keeps it under ~10% of a student's size; `attn_dim=out_dim` is
-    the literal full-width MSA of 4 d^2 parameters).
+    Nothing of the two models is changed. `freeze_teacher` (open in the paper; default True) keeps
+    the teacher's shared parts fixed inside the assistant (they run with detached weights), so only
+    L2G is new and trainable besides the student's own parts. `attn_dim` defaults to the narrower of
+    the two widths L2G joins (keeps it under ~10% of a student's size; `attn_dim=out_dim` is the
+    literal full-width MSA of 4 d^2 parameters).
     """
-    views = {"teacher": stages(teacher), "student": stages(student)}
     t_classes, s_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
     if t_classes != s_classes:
         raise ValueError(f"cannot join a teacher with {t_classes} classes and a student with {s_classes}")
+    views = {"teacher": stages(teacher), "student": stages(student)}
     front_owner, back_owner = roles(family(teacher), family(student))
     front, back = views[front_owner], views[back_owner]
     try:
@@ -220,14 +254,9 @@ def build(teacher: nn.Module, student: nn.Module, *, img_size: int = 32, freeze_
     attention = not (front.family == "cnn" and back.family == "cnn")
     l2g = L2G(c_in, h_in, c_out, h_out, heads, window=_receiver_window(back), attn_dim=attn_dim, attention=attention)
     param = next(student.parameters())
-    assistant = HybridAssistant(front, back, front_owner, back_owner, l2g.to(param.device), _prefix_init(back))
-    if freeze_teacher:
-        teacher.requires_grad_(False)
-    else:  # the teacher's shared parts learn inside the assistant (and so change the teacher itself)
-        shared = assistant.front_stages if front_owner == "teacher" else [assistant.back_stage, assistant.back_model]
-        for module in shared:
-            module.requires_grad_(True)
-    return assistant.to(param.device)
+    frozen = ("teacher",) if freeze_teacher else ()
+    hybrid = HybridAssistant(front, back, front_owner, back_owner, l2g.to(param.device), _prefix_init(back), frozen)
+    return hybrid.to(param.device)
 
 
 def budget(assistant: HybridAssistant, student: nn.Module) -> float:
@@ -239,7 +268,7 @@ def budget(assistant: HybridAssistant, student: nn.Module) -> float:
 def trace(assistant: HybridAssistant, x: torch.Tensor) -> list[dict[str, object]]:
     """Every step of the assistant's forward on `x`: part, owner and output shape, for teaching."""
     rows = [{"step": "input image", "from": "", "shape": tuple(x.shape)}]
-    h = assistant._front.stem(x)
+    h = assistant.stem(x)
     rows.append({"step": "stem", "from": assistant.front_owner, "shape": tuple(h.shape)})
     for i, stage in enumerate(assistant.front_stages):
         h = stage(h)
@@ -250,8 +279,9 @@ def trace(assistant: HybridAssistant, x: torch.Tensor) -> list[dict[str, object]
     rows.append({"step": f"as {assistant._back.layout} for stage 4", "from": "", "shape": tuple(tokens.shape)})
     s4 = assistant.back_stage(tokens)
     rows.append({"step": "stage 4", "from": assistant.back_owner, "shape": tuple(s4.shape)})
-    rows.append({"step": "pooled feature f", "from": assistant.back_owner, "shape": tuple(assistant._back.pool(s4).shape)})
-    rows.append({"step": "logits p", "from": assistant.back_owner, "shape": tuple(assistant._back.head(s4).shape)})
+    rows.append({"step": "pooled feature f", "from": assistant.back_owner,
+                 "shape": tuple(assistant.head(s4, pre_logits=True).shape)})
+    rows.append({"step": "logits p", "from": assistant.back_owner, "shape": tuple(assistant.head(s4).shape)})
     return rows
 
 
@@ -267,21 +297,19 @@ def role_table() -> dict[str, dict[str, str]]:
 
 
 @torch.no_grad()
+def pooled_features(teacher: nn.Module, student: nn.Module, assistant: HybridAssistant,
+                    images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pooled final features f of teacher, assistant and student on `images` (eval mode)."""
+    with eval_mode(teacher, student, assistant):
+        t_view, s_view = stages(teacher), stages(student)
+        return {"teacher": t_view.pool(t_view.features(images)[-1]), "assistant": assistant(images)[1],
+                "student": s_view.pool(s_view.features(images)[-1])}
+
+
 def feature_similarity(teacher: nn.Module, student: nn.Module, assistant: HybridAssistant,
                        images: torch.Tensor) -> dict[str, float]:
-    """Linear CKA between the pooled features f of teacher, student and assistant on `images`."""
-    from . import cka
-
-    modes = [m.training for m in (teacher, student, assistant)]
-    for m in (teacher, student, assistant):
-        m.eval()
-    try:
-        t_view, s_view = stages(teacher), stages(student)
-        f_t = t_view.pool(t_view.features(images)[-1])
-        f_s = s_view.pool(s_view.features(images)[-1])
-        f_a = assistant(images)[1]
-    finally:
-        for m, mode in zip((teacher, student, assistant), modes):
-            m.train(mode)
-    return {"assistant ~ teacher": cka.linear(f_a, f_t), "assistant ~ student": cka.linear(f_a, f_s),
-            "teacher ~ student": cka.linear(f_t, f_s)}
+    """Unbiased linear CKA between the pooled features f of teacher, student and assistant on `images`."""
+    f = pooled_features(teacher, student, assistant, images)
+    return {"assistant ~ teacher": cka.unbiased(f["assistant"], f["teacher"]),
+            "assistant ~ student": cka.unbiased(f["assistant"], f["student"]),
+            "teacher ~ student": cka.unbiased(f["teacher"], f["student"])}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,45 +19,31 @@ from typing import Any
 
 import torch
 
-from . import config
+from . import cka, config, distill, methods, models, profiles, runner
+from .results import machine as base_machine
+from .util import say
 
-TARGETS = {"tas/ofa": 1.3, "tas/kd": 1.6}  # issue 4: TAS's step-time budget against OFA and KD
+TARGETS = {"tas/ofa": 1.3, "tas/kd": 1.6}  # TAS's step-time budget against OFA and KD on the cpu pair
 RATIOS = (("tas", "ofa"), ("tas", "kd"), ("ofa", "kd"))
 PAPER_PAIR = {"teacher": "convnext_tiny", "student": "deit_tiny_patch16_224", "img_size": 224, "num_classes": 100}
 
 
 def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Module, img_size: int,
                    dev: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One step exactly as `distill.fit` takes it (its optimiser recipe, AMP on CUDA, clipping)."""
-    from .distill import Recipe
-    from .methods import build_method
-
-    recipe = Recipe.for_student(student, epochs=1)
-    impl = build_method(method, None if method == "baseline" else teacher, student, img_size=img_size,
-                        label_smoothing=recipe.label_smoothing).to(dev).train()
-    params = impl.trainable_parameters()
-    optimizer = recipe.build(params)
-    amp = torch.bfloat16 if dev.type == "cuda" else None
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            out = impl(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if recipe.clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
-        optimizer.step()
-
-    return step
+    """One step exactly as `distill.fit` takes it: the same `distill.train_step` (recipe, AMP on CUDA,
+    GradScaler, learning-rate schedule, clipping)."""
+    recipe = distill.Recipe.for_student(student, epochs=1)
+    impl = methods.build(method, None if method == "baseline" else teacher, student, img_size=img_size,
+                         label_smoothing=recipe.label_smoothing)
+    run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device=str(dev))
+    return lambda x, y: distill.train_step(run, x, y, 0)
 
 
-def step_times(methods: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
+def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
                num_classes: int = 10, device: str = "cpu", repeats: int = 15, warmup: int = 3,
                seed: int = 0) -> dict[str, list[float]]:
     """Seconds per training step of each method: every repeat times each method once, the order rotated
     by one each repeat; untrained models on one fixed random batch (speed does not depend on weights)."""
-    from . import models
-
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     dev = config.device(device)
@@ -65,14 +52,14 @@ def step_times(methods: Sequence[str], teacher: str, student: str, *, img_size: 
     t_model = models.create(teacher, num_classes=num_classes, img_size=img_size).to(dev, memory_format=channels_last)
     t_model.eval().requires_grad_(False)
     steps = {m: _training_step(m, t_model, models.create(student, num_classes=num_classes, img_size=img_size)
-                               .to(dev, memory_format=channels_last), img_size, dev) for m in methods}
+                               .to(dev, memory_format=channels_last), img_size, dev) for m in method_names}
     x = torch.randn(batch_size, 3, img_size, img_size, device=dev).contiguous(memory_format=channels_last)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
     for _ in range(warmup):
         for step in steps.values():
             step(x, y)
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    order = list(methods)
+    times: dict[str, list[float]] = {m: [] for m in method_names}
+    order = list(method_names)
     for r in range(repeats):
         for m in order[r % len(order):] + order[:r % len(order)]:
             _sync(dev)
@@ -107,9 +94,7 @@ def _iqr(values: list[float]) -> float:
 
 def machine(device: torch.device) -> dict[str, Any]:
     """Where the numbers come from: platform, CPUs, versions, device, threads and the load average."""
-    from .runner import machine as base
-
-    info = base()
+    info = base_machine()
     info.update(device=str(device), torch_threads=torch.get_num_threads(),
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     if hasattr(os, "getloadavg"):
@@ -117,33 +102,31 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile: str = "cpu", repeats: int = 15,
+def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
+          settings: profiles.Settings = profiles.DEFAULT, repeats: int = 15,
           warmup: int = 3, batch_size: int | None = None, paper_pair: bool | None = None,
           cka_kwargs: dict[str, Any] | None = None, notebooks: bool = True,
           notebooks_dir: str | Path | None = None, threads: int | None = None, out: str | Path | None = None,
           progress: bool = True) -> dict:
     """Measure every speed claim in one run; write JSON to `out` when given and return the same dict.
 
-    The cpu pair is the profile's teacher -> student at its image size and batch size. `paper_pair`
+    The cpu pair is the settings' teacher -> student at their image size and batch size. `paper_pair`
     (default: on CUDA) adds convnext_tiny -> deit_tiny at 224 px. `notebooks` times each notebook in the
     smoke profile through the runner (a failure is recorded, not raised). `threads` sets torch's intra-op
     threads; on a busy machine 1 thread can be many times faster per step than oversubscribed cores.
     """
-    from . import cka
-    from .methods import METHODS
-
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads}")
         torch.set_num_threads(threads)
     dev = config.device(device)
-    cfg = config.resolve(profile)
-    methods = list(methods or METHODS)
+    cfg = settings
+    method_names = list(method_names or methods.METHODS)
     batch = batch_size or cfg.batch_size
     report: dict[str, Any] = {"machine": machine(dev), "targets": TARGETS}
-    _say(progress, f"step times: {cfg.teacher} -> {cfg.student}, {cfg.img_size} px, batch {batch}, "
-                   f"{len(methods)} methods x {repeats} interleaved repeats on {dev}")
-    times = step_times(methods, cfg.teacher, cfg.student, img_size=cfg.img_size, batch_size=batch, device=str(dev),
+    say(progress, f"step times: {cfg.teacher} -> {cfg.student}, {cfg.img_size} px, batch {batch}, "
+                   f"{len(method_names)} methods x {repeats} interleaved repeats on {dev}")
+    times = step_times(method_names, cfg.teacher, cfg.student, img_size=cfg.img_size, batch_size=batch, device=str(dev),
                        repeats=repeats, warmup=warmup)
     report["pair"] = {"teacher": cfg.teacher, "student": cfg.student, "img_size": cfg.img_size, "batch_size": batch,
                       "repeats": repeats, "warmup": warmup}
@@ -151,9 +134,9 @@ def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile:
     report["meets_targets"] = {k: report["step_time_ratio"][k] <= v for k, v in TARGETS.items()
                                if k in report["step_time_ratio"]}
     if paper_pair if paper_pair is not None else dev.type == "cuda":
-        paper_methods = [m for m in ("baseline", "kd", "ofa", "tas") if m in methods]
+        paper_methods = [m for m in ("baseline", "kd", "ofa", "tas") if m in method_names]
         paper_batch = batch_size or (128 if dev.type == "cuda" else 4)
-        _say(progress, f"step times: {PAPER_PAIR['teacher']} -> {PAPER_PAIR['student']}, 224 px, batch {paper_batch}")
+        say(progress, f"step times: {PAPER_PAIR['teacher']} -> {PAPER_PAIR['student']}, 224 px, batch {paper_batch}")
         paper_times = step_times(paper_methods, PAPER_PAIR["teacher"], PAPER_PAIR["student"], img_size=224,
                                  batch_size=paper_batch, num_classes=PAPER_PAIR["num_classes"], device=str(dev),
                                  repeats=repeats, warmup=warmup)
@@ -162,7 +145,7 @@ def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile:
         report["paper_pair"] = None
     cka_args = {"layers": 12, "examples": 2048, "batch_size": 256, "dim": 512,
                 **(cka_kwargs or {})}
-    _say(progress, f"CKA: all-pairs MinibatchCKA vs per-pair loop, {cka_args}")
+    say(progress, f"CKA: all-pairs MinibatchCKA vs per-pair loop, {cka_args}")
     report["cka"] = cka.bench_cka(device=str(dev), **cka_args)
     report["cka_speedup"] = report["cka"]["speedup"]
     report["notebook_smoke_s"] = _notebook_times(notebooks_dir, progress) if notebooks else None
@@ -177,11 +160,7 @@ def bench(device: str = "cpu", *, methods: Sequence[str] | None = None, profile:
 def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[str, Any]:
     """Wall time of each notebook in the smoke profile, each run on its own through the runner (so one
     failure does not hide the others' times), in a scratch output folder."""
-    import tempfile
-
-    from . import runner
-
-    _say(progress, "notebooks, smoke profile:")
+    say(progress, "notebooks, smoke profile:")
     times = {}
     with tempfile.TemporaryDirectory(prefix="tas_lite_bench_") as scratch:
         for path in runner.discover(notebooks_dir):
@@ -192,7 +171,7 @@ def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[st
                 report = err.report
             (nb,) = report.notebooks
             times[nb.name] = {"status": nb.status, "wall_s": round(nb.wall_s, 2), "error": nb.error}
-            _say(progress, f"  {nb.name}: {nb.status} in {nb.wall_s:.1f} s" + (f" ({nb.error})" if nb.error else ""))
+            say(progress, f"  {nb.name}: {nb.status} in {nb.wall_s:.1f} s" + (f" ({nb.error})" if nb.error else ""))
     return times
 
 
@@ -224,8 +203,3 @@ def format_table(report: dict) -> str:
         lines.append("\nnotebooks (smoke profile):")
         lines += [f"  {name:32s} {v['status']:8s} {v['wall_s']:7.1f} s" for name, v in report["notebook_smoke_s"].items()]
     return "\n".join(lines)
-
-
-def _say(enabled: bool, text: str) -> None:
-    if enabled:
-        print(text, flush=True)

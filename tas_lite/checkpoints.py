@@ -1,5 +1,4 @@
-"""Files on disk: weights as safetensors + JSON sidecar, training state via weights-only torch.load,
-and the trained-model cache behind `tas_lite.models.trained`.
+"""Files on disk: weights as safetensors + JSON sidecar, and training state via weights-only torch.load.
 
 Nothing here unpickles arbitrary objects: weights are safetensors, training state is loaded with
 `torch.load(weights_only=True)` and holds only tensors and plain Python values.
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import random
 from pathlib import Path
@@ -17,35 +15,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import config
-
-# Recipe of `trained()`: what a cache entry depends on besides name, dataset and seed.
-TRAINED_RECIPE_VERSION = 3  # 3: initial weights seeded inside trained()
+from .util import atomic_path, atomic_write
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write `path` (.safetensors) and `path.json` (meta + versions); both atomically."""
-    from safetensors.torch import save_file
-
+    """Write `path` (.safetensors) and `path.json` (meta + versions); each atomically."""
     path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp))
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
     sidecar = {**(meta or {}), "torch": torch.__version__, "python": platform.python_version()}
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    os.replace(tmp_json, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True))
     return path
 
 
 def load_weights(model: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load safetensors weights into `model` (strict); return the JSON sidecar (empty if none)."""
-    from safetensors.torch import load_file
-
     path = Path(path).with_suffix(".safetensors")
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
@@ -87,61 +75,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
     """torch.save a dict of tensors and plain values, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load what `save_state` wrote, weights only (no arbitrary unpickling)."""
     return torch.load(Path(path), map_location=device, weights_only=True)
-
-
-def trained_recipe(name: str, dataset: str, img_size: int, epochs: int, pretrained: bool = False,
-                   max_steps: int | None = None) -> dict[str, Any]:
-    """Everything a `trained()` cache entry depends on besides the seed."""
-    return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": 32,
-            "val_fraction": 0.1, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
-            "version": TRAINED_RECIPE_VERSION}
-
-
-def trained_path(recipe: dict[str, Any], seed: int) -> Path:
-    """Cache file for one trained model: name-dataset-seed-hash, so a changed recipe never loads stale weights."""
-    return config.checkpoints_dir() / f"{recipe['name']}-{recipe['dataset']}-s{seed}-{config_hash(recipe)}.safetensors"
-
-
-def load_or_train(name: str, dataset: str, seed: int, *, epochs: int | None, img_size: int, profile: str | None,
-                  progress: bool, device: str, retrain: bool, pretrained: bool = False,
-                  batch_size: int | None = None) -> nn.Module:
-    """Implementation of `tas_lite.models.trained` (see there). With `pretrained`, starts from
-    timm's ImageNet weights and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers."""
-    from . import data, distill, models
-
-    table = config.profile(profile or "cpu")
-    epochs = table["teacher_epochs"] if epochs is None else epochs
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    num_classes = data.num_classes(dataset)
-    recipe = trained_recipe(name, dataset, img_size, epochs, pretrained, table["max_steps"])
-    if batch_size:
-        recipe["batch_size"] = batch_size
-    path = trained_path(recipe, seed)
-    config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
-    model = models.create(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained and not path.is_file())
-    if path.is_file() and not retrain:
-        meta = load_weights(model, path)
-    else:
-        train, val, test = data.loaders(dataset, batch_size=recipe["batch_size"], img_size=img_size,
-                                        val_fraction=recipe["val_fraction"], seed=seed)
-        recipe_obj = distill.Recipe.fine_tune(epochs) if pretrained else None
-        result = distill.fit("baseline", None, model, train, val, test=test, epochs=epochs, seed=seed,
-                             device=device, progress=progress, recipe=recipe_obj, max_steps=recipe["max_steps"])
-        model.cpu()
-        meta = {"recipe": recipe, "seed": seed, "test_acc": result.final_test_acc, "val_acc": result.final_val_acc,
-                "epochs": epochs, "train_seconds": result.wall_s, "parameters": models.count_parameters(model)}
-        save_weights(model, path, meta)
-    model.eval()
-    model.tas_lite_info = meta
-    return model

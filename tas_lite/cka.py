@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, TensorDataset
 
-from . import config
+from . import config, data
 from .stages import StageView, stages
+from .util import eval_mode, progress_bar
 
 LAYERS = ("stages", "blocks")
 
@@ -255,49 +256,49 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, laye
     `device` (they are moved there) and get their training mode back. Pass the same model twice for
     a within-model matrix (it then runs once per batch).
     """
-    from tqdm.auto import tqdm
-
     _check_layers(layers)
     if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 4):
         raise ValueError(f"max_examples must be an int >= 4 or None, got {max_examples!r}")
     dev = config.device(device)
     same = model_b is model_a
     models = [model_a] if same else [model_a, model_b]
-    modes = [m.training for m in models]
-    views = [stages(m.to(dev).eval()) for m in models]
     acc = MinibatchCKA(num_layers(model_a, layers), num_layers(model_b, layers))
-    bar = tqdm(total=max_examples, disable=not progress, desc="CKA", unit="img")
-    try:
-        for batch in loader:
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            remaining = math.inf if max_examples is None else max_examples - acc.examples
-            if remaining < 4:
-                break
-            take = min(len(x), remaining)
-            if take < 4:  # a short last batch: too few examples for HSIC_1
-                continue
-            x = x[:take].to(dev)
+    with eval_mode(*models):
+        views = [stages(m.to(dev)) for m in models]
+        for x in progress_bar(_batches(loader, max_examples), enabled=progress, desc="CKA", unit="batch"):
+            x = x.to(dev)
             ga = _grams(views[0], x, layers)
             acc.update_grams(ga, ga if same else _grams(views[1], x, layers))
-            bar.update(take)
-    finally:
-        bar.close()
-        for m, mode in zip(models, modes):
-            m.train(mode)
+    if not acc.batches:
+        raise ValueError("cka_matrix saw no batch of at least 4 images: the loader is empty or its batches "
+                         "hold fewer than 4 examples (the unbiased estimator needs n >= 4 per batch); "
+                         "use a larger batch_size")
     return acc.compute()
+
+
+def _batches(loader: Iterable, max_examples: int | None):
+    """Image batches of at least 4, cut so that at most `max_examples` images are used in all."""
+    used = 0
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        remaining = math.inf if max_examples is None else max_examples - used
+        if remaining < 4:
+            return
+        take = min(len(x), remaining)
+        if take < 4:  # a short last batch: too few examples for HSIC_1
+            continue
+        used += take
+        yield x[:take]
 
 
 def examples_loader(dataset: str, examples: int, *, batch_size: int, img_size: int = 32, split: str = "train",
                     seed: int = 0, **load_kwargs) -> DataLoader:
     """A fixed, seeded set of `examples` un-augmented images of `dataset` (fewer if the split is smaller),
-    in batches, for comparing representations. Digits' test split holds only 359 images, hence "train"."""
-    from . import data
-
+    in batches, for comparing representations (`data.sample_images`)."""
     if not isinstance(examples, int) or examples < 4:
         raise ValueError(f"examples must be an int >= 4, got {examples!r}")
-    images = data.load(dataset, split, img_size=img_size, augment=False, **load_kwargs)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:examples]
-    return DataLoader(Subset(images, order.tolist()), batch_size=batch_size, shuffle=False)
+    images = data.sample_images(dataset, examples, img_size=img_size, split=split, seed=seed, **load_kwargs)
+    return DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=False)
 
 
 def uniformity(matrix: torch.Tensor) -> float:

@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.utils import download_and_extract_archive
 
 from . import config
 
@@ -99,8 +104,6 @@ def digits_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _digits(split: str, img_size: int, train_aug: bool) -> TensorImages:
     """scikit-learn's 8x8 digits, upsampled bilinearly to img_size, grey copied to RGB, normalised."""
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
@@ -151,8 +154,6 @@ class CIFAR(Dataset):
             with tarfile.open(self.root / archive, "r:gz") as tar:
                 tar.extractall(self.root, filter="data")
         if not base.is_dir() and download:
-            from torchvision.datasets.utils import download_and_extract_archive
-
             download_and_extract_archive(url, str(self.root), filename=archive, md5=md5)
         if not base.is_dir():
             raise ValueError(
@@ -179,16 +180,12 @@ class CIFAR(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
 def image_transform(train: bool, img_size: int, stats, native_size: int | None = None) -> object:
     """torchvision transform. Training: crop + flip when images already have `img_size` (CIFAR at
     32 px), RandomResizedCrop otherwise (the paper's 224 px track). Evaluation: resize + centre crop."""
-    from torchvision import transforms as T
-
     mean, std = stats
     if train and native_size == img_size:
         geometry = [T.RandomCrop(img_size, padding=img_size // 8), T.RandomHorizontalFlip()]
@@ -202,8 +199,6 @@ def image_transform(train: bool, img_size: int, stats, native_size: int | None =
 
 
 def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ValueError(f"imagefolder path {str(root)!r} does not exist")
@@ -283,3 +278,14 @@ def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: flo
     val_loader = DataLoader(Subset(train_plain, val_idx), batch_size=eval_bs, shuffle=False, **common)
     test_loader = DataLoader(test, batch_size=eval_bs, shuffle=False, **common)
     return train_loader, val_loader, test_loader
+
+
+def sample_images(name: str, n: int, *, img_size: int = 32, split: str = "train", seed: int = 0,
+                  **load_kwargs) -> torch.Tensor:
+    """(n, C, H, W): a fixed, seeded sample of un-augmented images (fewer if the split is smaller), for
+    probing and comparing representations. Digits' test split holds only 359 images, hence "train"."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    images = load(name, split, img_size=img_size, augment=False, **load_kwargs)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([images[i][0] for i in order])

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 from torch import nn
 
-from . import losses
-from .assistant import build as build_assistant
-from .stages import StageView, stages
+from . import assistant, losses
+from .models import input_size
+from .stages import stages, unique_parameters
 
 
 @dataclass
@@ -57,12 +58,7 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student parameters and the method's new ones, each once."""
-        seen, params = set(), []
-        for p in list(self.student.parameters()) + list(self.parameters()):
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-        return params
+        return [p for p in unique_parameters([*self.student.parameters(), *self.parameters()]) if p.requires_grad]
 
     def extra_models(self) -> dict[str, Any]:
         """Other predictors worth tracking (name -> forward(x) -> logits), e.g. TAS's assistant."""
@@ -180,8 +176,6 @@ class _TokenBranch(nn.Module):
 
     def __init__(self, c_in: int, halvings: int, c_out: int, num_classes: int):
         super().__init__()
-        from timm.models.vision_transformer import Block
-
         k = 2**halvings
         self.merge = nn.Conv2d(c_in, c_out, kernel_size=k, stride=k)
         self.block = Block(c_out, num_heads=max(1, c_out // 32))
@@ -196,7 +190,7 @@ class _TokenBranch(nn.Module):
 class OFA(Method):
     """CE + OFA loss on the final logits and on logits from small branches after stages 1-3.
 
-    gamma (the code's `ofa_eps`) 1 and T 1 are the authors' code defaults (METHOD.md 4)."""
+    gamma (the code's `ofa_eps`) 1 and T 1 are the authors' code defaults (Hao840/OFAKD train.py)."""
 
     needs_teacher = True
 
@@ -238,13 +232,13 @@ class TAS(Method):
                  proj_dim: int = 128, gamma: float = 1.0, ofa_temperature: float = 1.0, nce_temperature: float = 0.07,
                  weights: dict[str, float] | None = None, detach_supervisor: bool = True, **kw):
         super().__init__(teacher, student, **kw)
-        assistant = build_assistant(teacher, student, img_size=self.img_size, freeze_teacher=freeze_teacher,
-                                    attn_dim=attn_dim)
-        object.__setattr__(self, "assistant", assistant)
-        self.l2g = assistant.l2g  # the only new modules: registered here, saved with the method
-        self.register_parameter("prefix", assistant.prefix)
-        dims = {name: _pooled_dim(view, self.img_size) for name, view in
-                (("teacher", self.t_view), ("student", self.s_view), ("assistant", assistant._back))}
+        hybrid = assistant.build(teacher, student, img_size=self.img_size, freeze_teacher=freeze_teacher,
+                                 attn_dim=attn_dim)
+        object.__setattr__(self, "assistant", hybrid)  # shares the models' modules: a plain reference
+        self.l2g = hybrid.l2g  # the only new modules: registered here, saved with the method
+        self.register_parameter("prefix", hybrid.prefix)
+        dims = {name: view.pooled_dim(self.img_size) for name, view in
+                (("teacher", self.t_view), ("student", self.s_view), ("assistant", hybrid._back))}
         self.criterion = losses.TASLoss(dims, proj_dim=proj_dim, gamma=gamma, ofa_temperature=ofa_temperature,
                                         nce_temperature=nce_temperature, label_smoothing=self.label_smoothing,
                                         weights=weights, detach_supervisor=detach_supervisor)
@@ -261,16 +255,14 @@ class TAS(Method):
         return Step(total, {k: v.detach() for k, v in terms.items()}, s_out[0].detach())
 
     def trainable_parameters(self):
-        seen = {id(p) for p in super().trainable_parameters()}
-        extra = [p for p in self.assistant.parameters() if p.requires_grad and id(p) not in seen]
-        return super().trainable_parameters() + extra
+        return unique_parameters(super().trainable_parameters() + self.assistant.trainable_parameters())
 
     def extra_models(self):
         return {"assistant": lambda x: self.assistant(x)[0]}
 
     def extra_state(self):
         state = dict(self.state_dict())
-        if any(p.requires_grad for p in self.teacher.parameters()):  # freeze_teacher=False trains shared parts
+        if not self.assistant.frozen:  # freeze_teacher=False trains the teacher's shared parts
             state.update({f"teacher::{k}": v for k, v in self.teacher.state_dict().items()})
         return state
 
@@ -286,26 +278,29 @@ class TAS(Method):
         return self
 
 
-@torch.no_grad()
-def _pooled_dim(view: StageView, img_size: int) -> int:
-    was = view.model.training
-    view.model.eval()
-    param = next(view.model.parameters())
-    dim = view.pool(view.features(torch.zeros(1, 3, img_size, img_size, device=param.device))[-1]).shape[1]
-    view.model.train(was)
-    return int(dim)
-
-
 METHODS: dict[str, type[Method]] = {"baseline": Method, "kd": KD, "dkd": DKD, "dist": DIST, "fitnet": FitNet,
                                     "ofa": OFA, "tas": TAS}
 
 
-def build_method(name: str, teacher: nn.Module | None, student: nn.Module, **kwargs) -> Method:
-    """Instantiate a registered method; unknown names and arguments are ValueErrors."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+def check(names) -> list[str]:
+    """The method names as a list, or a ValueError naming every unknown one and what is allowed."""
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {unknown or names}; allowed: {', '.join(METHODS)}")
+    return names
+
+
+def build(name: str, teacher: nn.Module | None, student: nn.Module, *, img_size: int | None = None,
+          **kwargs) -> Method:
+    """Instantiate a registered method for this teacher and student; unknown names and arguments are
+    ValueErrors. `img_size=None`: the size the student was built for (`models.input_size`)."""
+    check(name)
+    size = img_size or input_size(student) or (input_size(teacher) if teacher is not None else None)
+    if size is None:
+        raise ValueError("cannot tell the input size of these models; pass img_size=")
     try:
-        return METHODS[name](teacher, student, **kwargs)
+        return METHODS[name](teacher, student, img_size=size, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments for method {name!r}: {err}") from err
 

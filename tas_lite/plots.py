@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipywidgets
 import matplotlib.pyplot as plt
+import numpy as np
+from IPython import get_ipython
+from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
 FAMILY_COLORS = {"cnn": "#1f77b4", "vit": "#d62728", "swin": "#9467bd", "mlp": "#2ca02c", "assistant": "#ff7f0e"}
 
@@ -24,8 +28,6 @@ def cka_heatmaps(panels: list[dict], *, title: str, cbar_label: str = CKA_LABEL,
     Each panel: {"matrix", "title", "xlabel", "ylabel", "xticklabels", "yticklabels"}; the first layer is at
     the bottom-left, so depth grows up and to the right. Values are written in cells of small matrices.
     """
-    import numpy as np
-
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.7), squeeze=False,
                              constrained_layout=True)
     for ax, panel in zip(axes[0], panels):
@@ -48,8 +50,6 @@ def cka_heatmaps(panels: list[dict], *, title: str, cbar_label: str = CKA_LABEL,
 def grouped_bars(table: dict[str, dict[str, float]], *, title: str, ylabel: str, colors: dict[str, str] | None = None,
                  ylim: tuple[float, float] | None = None):
     """Bars grouped by metric (outer keys of each row), one bar per row label; values written on the bars."""
-    import numpy as np
-
     rows = list(table)
     metrics = list(next(iter(table.values())))
     width = 0.8 / len(rows)
@@ -70,8 +70,6 @@ def grouped_bars(table: dict[str, dict[str, float]], *, title: str, ylabel: str,
 def erf_grid(erfs: dict[str, list], *, title: str, fraction: float = 0.5):
     """Effective receptive fields, one row per model and one column per stage, with the centred square that
     holds `fraction` of the gradient mass drawn in cyan."""
-    from matplotlib.patches import Rectangle
-
     names = list(erfs)
     cols = max(len(v) for v in erfs.values())
     fig, axes = plt.subplots(len(names), cols, figsize=(2.3 * cols + 0.9, 2.3 * len(names) + 0.5), squeeze=False,
@@ -100,25 +98,9 @@ def erf_grid(erfs: dict[str, list], *, title: str, fraction: float = 0.5):
     return fig
 
 
-def lines(series: dict[str, tuple[list, list]], *, title: str, xlabel: str, ylabel: str,
-          colors: dict[str, str] | None = None, styles: dict[str, str] | None = None, xticks: list | None = None):
-    """A few labelled lines: series maps a label to (xs, ys)."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.5), constrained_layout=True)
-    for label, (xs, ys) in series.items():
-        color = (colors or {}).get(label)
-        ax.plot(xs, ys, (styles or {}).get(label, "o-"), label=label, **({"color": color} if color else {}))
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if xticks is not None:
-        ax.set_xticks(xticks)
-    ax.legend(fontsize=8)
-    return fig
-
-
 def attention_distance(distances: dict[str, list], *, title: str, reference: float | None = None,
                        colors: dict[str, str] | None = None):
     """Mean attention distance of every head (dots) and its per-layer mean (line) against depth, per model."""
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(6.2, 3.7), constrained_layout=True)
     for k, (name, per_layer) in enumerate(distances.items()):
         color = (colors or {}).get(name, f"C{k}")
@@ -138,8 +120,6 @@ def attention_distance(distances: dict[str, list], *, title: str, reference: flo
 
 def weight_images(weights, *, title: str, cols: int = 8, cbar_label: str = "weight", panel_label: str = "unit"):
     """A grid of small signed weight images (units, H, W) on one symmetric colour scale."""
-    import numpy as np
-
     w = np.asarray(weights, dtype=float)
     rows = int(np.ceil(len(w) / cols))
     limit = np.abs(w).max() or 1.0
@@ -156,18 +136,9 @@ def weight_images(weights, *, title: str, cols: int = 8, cbar_label: str = "weig
 
 
 def widgets_available() -> bool:
-    """True when ipywidgets is installed, we run inside an IPython kernel and not in a tas_lite batch run
-    (TAS_LITE_BATCH set by the runner). Plain papermill/nbval kernels look live: `explore` therefore
-    draws its static figures in any case."""
-    import os
-
-    if os.environ.get("TAS_LITE_BATCH"):
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    """True inside an IPython kernel, where ipywidgets can show. Batch runs look live too (papermill and
+    nbval run real kernels), so the runner passes INTERACTIVE=False, and `explore` and `sliders` always
+    draw their static figures first."""
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
@@ -179,11 +150,6 @@ def explore(render, options: dict[str, list], *, interactive: bool, static: list
     for choice in static or [{k: v[0] for k, v in options.items()}]:
         render(**choice)
     if not interactive:
-        return
-    try:
-        import ipywidgets
-    except ImportError:
-        print("ipywidgets is not installed: static figures only (pip install ipywidgets for the dropdowns)")
         return
     ipywidgets.interact(render, **{k: ipywidgets.Dropdown(options=v, description=k) for k, v in options.items()})
 
@@ -213,8 +179,6 @@ def method_accuracy(panels: dict[str, dict[str, tuple[float, float]]], *, title:
                     reference: dict[str, float] | None = None, reference_label: str = "reference", cols: int = 3):
     """One panel per table row (e.g. teacher -> student): each method's mean as a dot with +-std bars, the
     best in orange, values written beside the dots, and `reference[row]` (e.g. the teacher) as a dashed line."""
-    import numpy as np
-
     names = list(panels)
     cols = max(1, min(cols, len(names)))
     nrows = int(np.ceil(len(names) / cols))
@@ -254,8 +218,6 @@ SOURCE_COLORS = {"teacher": "#4c72b0", "student": "#55a868", "new": "#dd8452"}
 def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, str]):
     """The assistant as a row of blocks (stem, stages 1-3, L2G, stage 4, head), coloured by whose
     module it is; frozen parts hatched; parameter counts inside, output shapes below."""
-    from matplotlib.patches import FancyBboxPatch, Patch
-
     fig, ax = plt.subplots(figsize=(1.45 * len(parts) + 0.6, 2.3), constrained_layout=True)
     for k, part in enumerate(parts):
         box = FancyBboxPatch((k * 1.4, 0), 1.15, 1, boxstyle="round,pad=0.03", fc=SOURCE_COLORS[part.source],
@@ -280,14 +242,17 @@ def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, 
 
 
 def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xscale: str = "linear",
-           styles: dict[str, str] | None = None, colors: dict[str, str] | None = None, ax=None):
-    """Labelled lines on one axes (optionally log-x); returns the figure."""
+           styles: dict[str, str] | None = None, colors: dict[str, str] | None = None, xticks: list | None = None,
+           ax=None):
+    """Labelled lines on one axes (optionally log-x): series maps a label to (xs, ys); returns the figure."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5.4, 3.4), constrained_layout=True)
+        fig, ax = plt.subplots(figsize=(5.6, 3.5), constrained_layout=True)
     for label, (xs, ys) in series.items():
         color = (colors or {}).get(label)
         ax.plot(xs, ys, (styles or {}).get(label, "-"), label=label, **({"color": color} if color else {}))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale)
+    if xticks is not None:
+        ax.set_xticks(xticks)
     ax.legend(fontsize=8)
     return ax.figure
 
@@ -295,8 +260,6 @@ def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xs
 def distributions(dists: dict[str, list[float]], *, title: str, xlabel: str = "class", ylabel: str = "probability",
                   highlight: int | None = None):
     """Several distributions over the same classes as grouped bars; `highlight` marks the true class."""
-    import numpy as np
-
     labels = list(dists)
     classes = len(next(iter(dists.values())))
     width = 0.8 / len(labels)
@@ -322,8 +285,6 @@ def loss_terms(terms: dict[str, float], *, title: str, groups: dict[str, str] | 
     ax.set_xlim(0, 1.15 * max(terms.values()))
     ax.set(title=title, xlabel="value (nats)", ylabel="loss term")
     if groups:
-        from matplotlib.patches import Patch
-
         ax.legend(handles=[Patch(color=c, label=g) for g, c in palette.items()], fontsize=8,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
@@ -354,11 +315,6 @@ def sliders(render, ranges: dict[str, tuple[float, float, float, float]], *, int
     ipywidgets is installed, float sliders over `ranges` = {name: (min, max, step, default)}."""
     render(**{name: spec[3] for name, spec in ranges.items()})
     if not interactive:
-        return
-    try:
-        import ipywidgets
-    except ImportError:
-        print("ipywidgets is not installed: static figure only (pip install ipywidgets for the sliders)")
         return
     ipywidgets.interact(render, **{name: ipywidgets.FloatSlider(value=d, min=lo, max=hi, step=st, description=name)
                                    for name, (lo, hi, st, d) in ranges.items()})

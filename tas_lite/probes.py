@@ -17,21 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import data
 from .stages import family, stages
+from .util import eval_mode
 
 ERF_FRACTIONS = (0.2, 0.5, 0.99)
 
 
 def sample_images(dataset: str, n: int, *, img_size: int = 32, seed: int = 0, split: str = "test",
                   **load_kwargs) -> torch.Tensor:
-    """(n, C, H, W): a seeded sample of un-augmented images to probe with (fewer if the split is smaller)."""
-    from . import data
-
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    images = data.load(dataset, split, img_size=img_size, augment=False, **load_kwargs)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return torch.stack([images[i][0] for i in order])
+    """(n, C, H, W): a seeded sample of un-augmented test images to probe with (`data.sample_images`)."""
+    return data.sample_images(dataset, n, img_size=img_size, seed=seed, split=split, **load_kwargs)
 
 
 def block_stages(model: nn.Module) -> list[int]:
@@ -102,16 +98,13 @@ def _each_attention(model: nn.Module, images: torch.Tensor,
             out.append(reduce(layer, attn / attn.sum(-1, keepdim=True)))
         return hook
 
-    was_training = model.training
-    model.eval()
     handles = [layer.module.attn_drop.register_forward_hook(hook_for(layer)) for layer in layers]
     try:
-        with unfused_attention(model):
+        with unfused_attention(model), eval_mode(model):
             model(images.to(next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if len(out) != len(layers):
         raise ValueError(f"expected {len(layers)} attention maps, hooks saw {len(out)}")
     return out
@@ -209,10 +202,8 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, stage: int
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    was_training = model.training
-    model.eval()
     x = images.detach().to(next(model.parameters()).device).clone().requires_grad_(True)
-    try:
+    with eval_mode(model):
         if stage is None:
             fmap = model(x)
             if fmap.dim() != 4:
@@ -227,8 +218,6 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, stage: int
             fmap = view.nchw(h)
         cy, cx = fmap.shape[2] // 2, fmap.shape[3] // 2
         (grad,) = torch.autograd.grad(fmap[:, :, cy, cx].sum(), x)
-    finally:
-        model.train(was_training)
     mass = grad.abs().sum(1).mean(0).detach().cpu()
     if not mass.sum() > 0:
         raise ValueError("the centre unit's gradient is zero everywhere: it does not depend on the input "

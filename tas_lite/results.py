@@ -1,11 +1,54 @@
-"""The record of one training run, as JSON on disk."""
+"""The record of one training run, as JSON on disk, and the provenance stamped on every record."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from . import config
+from .util import atomic_write
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when it has uncommitted changes), None outside a checkout."""
+    if not config.in_checkout():
+        return None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=config.REPO_DIR, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "tas_lite")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The processor's name as the OS reports it (Linux: /proc/cpuinfo), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """Where numbers come from: platform, CPU, Python, torch, threads, commit and date; stamped on every
+    result, report and bench so runs can be compared."""
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 @dataclass
@@ -29,10 +72,8 @@ class Result:
     config: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, allow_nan=True))
-        return path
+        """Write the JSON atomically: a reader sees the old file or the new one, never half of one."""
+        return atomic_write(path, json.dumps(asdict(self), indent=2, allow_nan=True))
 
     @classmethod
     def load(cls, path: str | Path) -> Result:

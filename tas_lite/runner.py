@@ -15,11 +15,16 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
+from . import config, profiles
+from .report import NotebookRun, RunReport, write_site
+from .util import say
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
 KERNEL = "python3"
@@ -122,7 +127,7 @@ def _spec(name: str, default: str, annotation: str, help_text: str) -> ParamSpec
     if literal is not None:
         items = tuple({type(v) for v in literal}) if isinstance(literal, list) and literal else ()
         return ParamSpec(name, default, (type(literal),), items, nullable=False, help=help_text)
-    values = [table[name.lower()] for table in config.PROFILES.values() if name.lower() in table]
+    values = [table[name.lower()] for table in profiles.PROFILES.values() if name.lower() in table]
     types = tuple(dict.fromkeys(type(v) for v in values if v is not None))
     items = tuple(dict.fromkeys(type(i) for v in values if isinstance(v, list) for i in v))
     return ParamSpec(name, default, types, items, nullable=True, help=help_text)
@@ -130,8 +135,6 @@ def _spec(name: str, default: str, annotation: str, help_text: str) -> ParamSpec
 
 def notebook_parameters(path: str | Path) -> dict[str, ParamSpec]:
     """The names a notebook's `parameters` cell declares, with their accepted types (papermill.inspect_notebook)."""
-    import papermill
-
     inspected = papermill.inspect_notebook(str(path))
     return {name: _spec(name, p["default"], p["inferred_type_name"], p["help"]) for name, p in inspected.items()}
 
@@ -144,17 +147,30 @@ class Job:
     parameters: dict[str, Any]
 
 
+def default_dir(profile: str) -> Path:
+    """Where a profile's run writes by default: `outputs/<profile>`."""
+    return config.outputs_dir() / profile
+
+
+def batch_parameters(out_dir: Path) -> dict[str, Any]:
+    """What every batch-run notebook learns from the runner, where it declares the name: no widgets, no
+    progress bars (papermill logs each update), and where to keep its results."""
+    return {"INTERACTIVE": False, "PROGRESS": False, "RESULTS_DIR": str(Path(out_dir).resolve() / "results")}
+
+
 def plan(profile: str, notebooks_dir: str | Path | None = None, only: Sequence[str] | None = None,
-         parameters: dict[str, Any] | None = None) -> list[Job]:
+         parameters: dict[str, Any] | None = None, batch: dict[str, Any] | None = None) -> list[Job]:
     """Validate the profile and every override against the selected notebooks; nothing runs here.
 
     An override applies to the notebooks that declare it; a name no selected notebook declares, or a
-    value of the wrong type, is a ValueError listing the valid names and types.
+    value of the wrong type, is a ValueError listing the valid names and types. `batch` values
+    (`batch_parameters`) go to the notebooks that declare them, and overrides win over them.
     """
-    config.profile(profile)
+    profiles.resolve(profile)  # an unknown profile is an error before anything else
     paths = discover(notebooks_dir, only)
     specs = {path: notebook_parameters(path) for path in paths}
-    jobs = [Job(path, {"PROFILE": profile} if "PROFILE" in specs[path] else {}) for path in paths]
+    jobs = [Job(path, {name: value for name, value in {"PROFILE": profile, **(batch or {})}.items()
+                       if name in specs[path]}) for path in paths]
     for name, value in (parameters or {}).items():
         if name == "PROFILE":
             raise ValueError("set the profile with --profile (run(profile=...)), not as a parameter")
@@ -182,44 +198,14 @@ def _valid_names(specs: dict[Path, dict[str, ParamSpec]]) -> str:
 
 # ---- execution ----------------------------------------------------------------------------------------
 
-@dataclass
-class NotebookRun:
-    """What happened to one notebook: status "ok", "failed" or "not run", wall time, outputs."""
-
-    source: Path
-    output: Path
-    parameters: dict[str, Any]
-    status: str = "not run"
-    wall_s: float = 0.0
-    error: str | None = None
-    html: Path | None = None
-    figures: list[Path] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.source.stem
-
-
-@dataclass
-class RunReport:
-    """A run of the notebook sequence; `index` is the site's entry page."""
-
-    profile: str
-    out_dir: Path
-    notebooks: list[NotebookRun]
-    wall_s: float = 0.0
-    index: Path | None = None
-
-
 @contextmanager
-def kernel_environment(profile: str, out_dir: Path) -> Iterator[None]:
-    """Environment the kernels inherit: the venv's kernelspecs first (a user-level `python3` can't take over),
-    the profile, the run's folder (`config.run_dir`), batch mode (no widgets), and matplotlib's inline
-    backend (an inherited MPLBACKEND=Agg would keep figures out of the executed notebooks)."""
+def kernel_environment() -> Iterator[None]:
+    """Environment the kernels inherit: the venv's kernelspecs first (a user-level `python3` can't take
+    over), and matplotlib's inline backend (an inherited MPLBACKEND=Agg would keep figures out of the
+    executed notebooks). Everything a notebook needs to know comes as papermill parameters instead."""
     saved = dict(os.environ)
     venv_jupyter = str(Path(sys.prefix) / "share" / "jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (venv_jupyter, saved.get("JUPYTER_PATH")) if p)
-    os.environ.update(TAS_LITE_PROFILE=profile, TAS_LITE_BATCH="1", TAS_LITE_RUN_DIR=str(Path(out_dir).resolve()))
     os.environ.pop("MPLBACKEND", None)
     try:
         yield
@@ -236,22 +222,22 @@ def run(profile: str = "cpu", *, notebooks_dir: str | Path | None = None, only: 
     Raises ValueError before anything runs when a parameter is unknown or mistyped, and NotebookFailed
     (with the cell's error and the executed copy's path) when a notebook fails; later notebooks don't run.
     """
-    jobs = plan(profile, notebooks_dir, only, parameters)
-    out = Path(out_dir) if out_dir is not None else config.run_dir(profile)
+    out = Path(out_dir) if out_dir is not None else default_dir(profile)
+    jobs = plan(profile, notebooks_dir, only, parameters, batch_parameters(out))
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(profile, out, [NotebookRun(j.path, out / j.path.name, j.parameters) for j in jobs])
     started = time.perf_counter()
     failure = None
-    with kernel_environment(profile, out):
+    with kernel_environment():
         for k, record in enumerate(report.notebooks, start=1):
-            _say(progress, f"[{k}/{len(jobs)}] {record.name} ({profile}) ... ", end="")
+            say(progress, f"[{k}/{len(jobs)}] {record.name} ({profile}) ... ", end="")
             failure = _execute(record, cell_timeout, start_timeout)
-            _say(progress, f"{record.status} in {record.wall_s:.1f} s" + (f"\n  {failure}" if failure else ""))
+            say(progress, f"{record.status} in {record.wall_s:.1f} s" + (f"\n  {failure}" if failure else ""))
             if failure:
                 break
     report.wall_s = time.perf_counter() - started
     report.index = write_site(report)
-    _say(progress, f"{sum(nb.status == 'ok' for nb in report.notebooks)}/{len(jobs)} notebooks ok in "
+    say(progress, f"{sum(nb.status == 'ok' for nb in report.notebooks)}/{len(jobs)} notebooks ok in "
                    f"{report.wall_s:.1f} s; site: {report.index}")
     if failure:
         raise NotebookFailed(failure, report)
@@ -260,9 +246,6 @@ def run(profile: str = "cpu", *, notebooks_dir: str | Path | None = None, only: 
 
 def _execute(record: NotebookRun, cell_timeout: int | None, start_timeout: int) -> str | None:
     """Run one notebook with papermill; fill `record`; return an error message or None."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(record.source), str(record.output), parameters=record.parameters,
@@ -285,143 +268,3 @@ def _execute(record: NotebookRun, cell_timeout: int | None, start_timeout: int) 
         return None
     kept = f"; executed copy kept at {record.output}" if record.output.is_file() else ""
     return message + kept
-
-
-def _say(enabled: bool, text: str, end: str = "\n") -> None:
-    if enabled:
-        print(text, end=end, flush=True)
-
-
-# ---- the HTML site ------------------------------------------------------------------------------------
-
-def machine() -> dict[str, Any]:
-    """Platform, CPU count, Python and torch versions: stamped on every report so runs can be compared."""
-    import platform
-    from importlib.metadata import version
-
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": version("torch")}
-
-
-def write_site(report: RunReport) -> Path:
-    """Render each executed notebook to HTML (figures embedded), save its figures as PNGs, and write
-    `index.html` (one card per notebook: status, wall time, its figures, links) plus `run.json`."""
-    import json
-
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter()
-    cards = []
-    for nb in report.notebooks:
-        executed = nb.status != "not run" and nb.output.is_file()
-        node = nbformat.read(nb.output if executed else nb.source, as_version=4)
-        if executed:
-            nb.figures = _save_figures(node, report.out_dir / "figures", nb.name)
-            body, _ = exporter.from_notebook_node(node)
-            nb.html = nb.output.with_suffix(".html")
-            nav = (f'<nav style="padding:8px 16px;font:14px sans-serif;background:#f3f4f6">'
-                   f'<a href="index.html">&larr; all notebooks</a> &middot; {_esc(nb.name)} &middot; profile '
-                   f'{_esc(report.profile)} &middot; {nb.status}, {nb.wall_s:.1f} s</nav>')
-            nb.html.write_text(re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav, body, count=1))
-        cards.append(_card(nb, node))
-    info = machine()
-    ok = sum(nb.status == "ok" for nb in report.notebooks)
-    summary = (f"{ok} of {len(report.notebooks)} notebooks ran without error in {report.wall_s / 60:.1f} min "
-               f"&middot; profile <b>{_esc(report.profile)}</b> &middot; {time.strftime('%Y-%m-%d %H:%M')} "
-               f"&middot; {_esc(info['platform'])}, {info['cpu_count']} CPUs, torch {_esc(info['torch'])}")
-    index = report.out_dir / "index.html"
-    index.write_text(_PAGE.replace("{summary}", summary).replace("{cards}", "\n".join(cards))
-                     .replace("{profile}", _esc(report.profile)))
-    (report.out_dir / "run.json").write_text(json.dumps({
-        "profile": report.profile, "wall_s": round(report.wall_s, 2), "machine": info,
-        "notebooks": [{"name": nb.name, "status": nb.status, "wall_s": round(nb.wall_s, 2), "error": nb.error,
-                       "parameters": nb.parameters, "figures": len(nb.figures)} for nb in report.notebooks]},
-        indent=2, default=str))
-    return index
-
-
-def _save_figures(node, folder: Path, stem: str) -> list[Path]:
-    import base64
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(f"{stem}_*.png"):  # from an earlier run of the same notebook
-        stale.unlink()
-    paths = []
-    for cell in node.cells:
-        for output in cell.get("outputs", []):
-            png = output.get("data", {}).get("image/png")
-            if png:
-                path = folder / f"{stem}_{len(paths) + 1}.png"
-                path.write_bytes(base64.b64decode(png))
-                paths.append(path)
-    return paths
-
-
-def _esc(text: Any) -> str:
-    import html
-
-    return html.escape(str(text))
-
-
-def _card(nb: NotebookRun, node) -> str:
-    """One notebook's card: title, blurb, status, wall time, check cells, first figure, links, and a
-    strip with every figure the notebook drew (each links to its full-size PNG)."""
-    paragraphs = [" ".join(part.split()) for c in node.cells if c.cell_type == "markdown"
-                  for part in re.split(r"\n\s*\n", c.source)]
-    title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), nb.name)
-    blurb = next((p for p in paragraphs if p and not p.startswith(("#", "[![", "<", "|", "!", "-", "*", "$"))), "")
-    blurb = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", blurb).replace("*", "").replace("`", "")
-    if len(blurb) > 300:
-        blurb = blurb[:300].rsplit(" ", 1)[0] + " …"
-    checks = sum(any(line.lstrip().startswith("assert") for line in c.source.splitlines())
-                 for c in node.cells if c.cell_type == "code")
-    extra = {k: v for k, v in nb.parameters.items() if k != "PROFILE"}
-    thumb = (f'<a href="{_esc(nb.html.name)}"><img src="figures/{_esc(nb.figures[0].name)}" alt="first figure"></a>'
-             if nb.figures and nb.html else '<div class="nofig">no figure</div>')
-    links = (f'<a href="{_esc(nb.html.name)}">HTML</a> &middot; <a href="{_esc(nb.output.name)}">executed .ipynb</a>'
-             if nb.html else "not executed")
-    error = f'<pre class="error">{_esc(nb.error)}</pre>' if nb.error else ""
-    gallery = "".join(f'<a href="figures/{_esc(f.name)}" title="figure {i}"><img src="figures/{_esc(f.name)}" '
-                      f'alt="figure {i} of {_esc(nb.name)}"></a>' for i, f in enumerate(nb.figures, 1))
-    gallery = f'<div class="gallery">{gallery}</div>' if len(nb.figures) > 1 else ""
-    params = f"<p class=\"meta\">parameters: {_esc(extra)}</p>" if extra else ""
-    return f"""<article class="card {nb.status.replace(' ', '-')}">
-  {thumb}
-  <div class="body">
-    <h2><a href="{_esc(nb.html.name) if nb.html else '#'}">{_esc(title)}</a></h2>
-    <p class="meta"><span class="badge">{_esc(nb.status)}</span> {nb.wall_s:.1f} s &middot; {len(nb.figures)} figures
-      &middot; {checks} check cells &middot; <code>{_esc(nb.source.name)}</code></p>
-    <p>{_esc(blurb)}</p>{params}{error}
-    <p class="links">{links}</p>
-  </div>
-  {gallery}
-</article>"""
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tas_lite notebooks ({profile})</title>
-<style>
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; background: #f6f7f9; color: #1f2937; }
-header { background: #1e3a8a; color: white; padding: 22px 32px; }
-header h1 { margin: 0 0 6px; font-size: 26px; } header p { margin: 0; opacity: .9; }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; padding: 24px 32px; }
-.card { display: flex; flex-wrap: wrap; gap: 16px; background: white; border-radius: 10px; padding: 14px;
-        box-shadow: 0 1px 3px rgba(0,0,0,.12); border-left: 6px solid #9ca3af; }
-.card.ok { border-left-color: #16a34a; } .card.failed { border-left-color: #dc2626; }
-.card img, .nofig { width: 220px; height: 160px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 6px; background: white; }
-.gallery { flex-basis: 100%; display: flex; flex-wrap: wrap; gap: 8px; }
-.gallery img { width: auto; height: 96px; max-width: 180px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 4px; }
-.nofig { display: flex; align-items: center; justify-content: center; color: #9ca3af; }
-.body { flex: 1; min-width: 0; } h2 { font-size: 18px; margin: 0 0 4px; } h2 a { color: #1e3a8a; text-decoration: none; }
-.meta { color: #4b5563; font-size: 13px; margin: 4px 0; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 9px; background: #e5e7eb; font-weight: 600; }
-.ok .badge { background: #dcfce7; color: #166534; } .failed .badge { background: #fee2e2; color: #991b1b; }
-.error { background: #fef2f2; color: #991b1b; padding: 6px; white-space: pre-wrap; font-size: 12px; }
-.links a { font-weight: 600; }
-</style></head>
-<body><header><h1>tas_lite: heterogeneous distillation notebooks</h1><p>{summary}</p></header>
-<main>
-{cards}
-</main></body></html>
-"""

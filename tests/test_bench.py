@@ -28,7 +28,7 @@ def test_bench_json_schema(tmp_path):
                               metadata={"tags": ["parameters"]}), new_code_cell("assert PROFILE == 'smoke'")]
     (nbs / "01_tiny.ipynb").write_text(json.dumps(nb))
     out = tmp_path / "bench.json"
-    report = bench.bench("cpu", methods=["kd", "ofa", "tas"], repeats=2, warmup=1, batch_size=4, cka_kwargs=TINY_CKA,
+    report = bench.bench("cpu", method_names=["kd", "ofa", "tas"], repeats=2, warmup=1, batch_size=4, cka_kwargs=TINY_CKA,
                          notebooks_dir=nbs, out=out, progress=False)
     saved = json.loads(out.read_text())
     assert set(saved["step_time_ratio"]) == {"tas/ofa", "tas/kd", "ofa/kd"}

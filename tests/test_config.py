@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tas_lite import config
+from tas_lite import config, profiles
 
 
 def test_home_follows_env(tmp_path, monkeypatch):
@@ -29,15 +29,27 @@ def test_seed_everything_repeats_draws():
         config.seed_everything(-1)
 
 
-def test_resolve_fills_only_none():
-    cfg = config.resolve("smoke", epochs=None, batch_size=7)
-    assert cfg.epochs == config.PROFILES["smoke"]["epochs"] and cfg.batch_size == 7
+def test_resolve_fills_only_none_and_freezes():
+    s = profiles.resolve("smoke", epochs=None, batch_size=7, methods=["kd", "tas"])
+    assert s.epochs == profiles.PROFILES["smoke"]["epochs"] and s.batch_size == 7 and s.profile == "smoke"
+    assert s.methods == ("kd", "tas") and isinstance(s.assistant_pairs[0], tuple)
+    with pytest.raises(AttributeError):
+        s.epochs = 3  # frozen: a resolved profile never changes under a caller
+    assert s.replace(epochs=5).epochs == 5 and s.replace(epochs=None).epochs == s.epochs
     with pytest.raises(ValueError, match="unknown knob"):
-        config.resolve("smoke", epoch=3)
+        profiles.resolve("smoke", epoch=3)
+    with pytest.raises(ValueError, match="unknown knob"):
+        s.replace(epoch=3)
     with pytest.raises(ValueError, match="allowed: smoke, cpu, gpu"):
-        config.resolve("laptop")
+        profiles.resolve("laptop")
 
 
 def test_profiles_share_one_set_of_knobs():
-    keys = {name: set(table) for name, table in config.PROFILES.items()}
-    assert keys["smoke"] == keys["cpu"] == keys["gpu"]
+    keys = {name: set(table) for name, table in profiles.PROFILES.items()}
+    assert keys["smoke"] == keys["cpu"] == keys["gpu"] == set(profiles.KNOBS)
+
+
+def test_every_teacher_knob_can_be_overridden():
+    s = profiles.resolve("cpu", teacher_epochs=3, teacher_batch_size=16, teacher_max_steps=5)
+    assert (s.teacher_epochs, s.teacher_batch_size, s.teacher_max_steps) == (3, 16, 5)
+    assert profiles.DEFAULT == profiles.resolve("cpu")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tas_lite import config, data, distill, methods, models
+from tas_lite import config, data, distill, experiments, methods, models, profiles, teachers
 from tas_lite.results import Result
 
 
@@ -19,8 +19,7 @@ def pair(teacher="tiny_resnet", student="tiny_mixer", seed=0):
 @pytest.mark.parametrize("method", list(methods.METHODS))
 def test_each_method_reduces_its_loss_on_a_repeated_batch(method):
     teacher, student = pair("tiny_resnet", "tiny_vit")
-    teacher.requires_grad_(False)
-    impl = methods.build_method(method, teacher if method != "baseline" else None, student, img_size=32)
+    impl = methods.build(method, teacher if method != "baseline" else None, student, img_size=32)
     x, y = next(iter(synthetic_loaders()[0]))
     opt = torch.optim.AdamW(impl.trainable_parameters(), lr=1e-3)
     impl.train()
@@ -69,7 +68,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, metho
     train, val, _ = synthetic_loaders()
     teacher, student = pair("tiny_convnext", "tiny_vit")
     calls = {"n": 0}
-    real_progress = distill._progress
+    real_progress = distill.progress_bar
 
     def interrupt_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -77,11 +76,11 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, metho
             raise KeyboardInterrupt
         return real_progress(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "_progress", interrupt_second_epoch)
+    monkeypatch.setattr(distill, "progress_bar", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
                     checkpoint_dir=tmp_path / "cut")
-    monkeypatch.setattr(distill, "_progress", real_progress)
+    monkeypatch.setattr(distill, "progress_bar", real_progress)
 
     train, val, _ = synthetic_loaders()  # a fresh process would rebuild everything
     teacher, _ = pair("tiny_convnext", "tiny_vit")  # the same fixed teacher
@@ -126,14 +125,14 @@ def test_results_json_round_trips(tmp_path):
 def test_clear_errors_for_bad_calls(tmp_path):
     teacher, student = pair()
     train, val, _ = synthetic_loaders()
-    with pytest.raises(ValueError, match="unknown method 'crd'; allowed: baseline, kd"):
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['crd'\]; allowed: baseline, kd"):
         distill.fit("crd", teacher, student, train, val, epochs=1)
     with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 10"):
         distill.fit("kd", models.create("tiny_resnet", num_classes=5), student, train, val, epochs=1)
     with pytest.raises(ValueError, match="needs a teacher"):
         distill.fit("ofa", None, student, train, val, epochs=1)
     with pytest.raises(ValueError, match="does not exist"):
-        distill.prepare_teacher("tiny_resnet", checkpoint=tmp_path / "missing.safetensors")
+        teachers.prepare("tiny_resnet", checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="bad arguments for method 'kd'"):
         distill.fit("kd", teacher, student, train, val, epochs=1, method_kwargs={"gamma": 2})
 
@@ -152,10 +151,38 @@ def test_gpu_profile_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeyp
     """The gpu profile's code path (timm paper pair, 'pretrained' switched off, synthetic data in place of
     CIFAR-100) at a small size; on a CUDA machine the same call with device='cuda' uses AMP."""
     monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / "home"))
-    small = {**config.PROFILES["gpu"], "max_steps": 2, "teacher_epochs": 1, "batch_size": 8, "img_size": 64}
-    monkeypatch.setitem(config.PROFILES, "gpu", small)
-    result = distill.run("tas", "convnext_tiny", "deit_tiny_patch16_224", profile="gpu", dataset="synthetic",
-                         pretrained=False, epochs=1, device="cpu", amp=False, out_dir=tmp_path, progress=False)
+    settings = profiles.resolve("gpu", dataset="synthetic", pretrained=False, epochs=1, max_steps=2, teacher_epochs=1,
+                                teacher_max_steps=2, batch_size=8, teacher_batch_size=8, img_size=64,
+                                device="cpu", amp=False)
+    result = experiments.run("tas", "convnext_tiny", "deit_tiny_patch16_224", settings, out_dir=tmp_path,
+                             progress=False)
     assert result.config["profile"] == "gpu" and result.config["img_size"] == 64
-    assert (tmp_path / distill.result_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
+    assert (tmp_path / experiments.result_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
     assert "assistant" in result.extra_test_acc
+
+
+def test_fit_takes_a_prebuilt_method_and_hands_back_the_trained_assistant():
+    """The README's way: build the method, fit it, read the assistant off it; nothing passed twice."""
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    requires = [p.requires_grad for p in teacher.parameters()]
+    tas = methods.build("tas", teacher, student)
+    l2g_before = {k: v.clone() for k, v in tas.assistant.l2g.state_dict().items()}
+    train, val, test = synthetic_loaders()
+    result = distill.fit(tas, train=train, val=val, test=test, epochs=1, max_steps=2, progress=False)
+    assert result.method == "tas" and "assistant" in result.extra_test_acc
+    changed = [k for k, v in tas.assistant.l2g.state_dict().items() if not torch.equal(v, l2g_before[k])]
+    assert changed, "the assistant's L2G trained along with the student"
+    assert [p.requires_grad for p in teacher.parameters()] == requires, "fit must not freeze the caller's teacher"
+    with pytest.raises(ValueError, match="trains its own teacher and student"):
+        distill.fit(tas, teacher, models.create("tiny_vit", num_classes=10), train, val, epochs=1)
+
+
+def test_bench_times_the_same_train_step_as_fit(monkeypatch):
+    """bench's step is distill.train_step: counting its calls catches a bench that re-implements the step."""
+    from tas_lite import bench
+
+    calls = []
+    real = distill.train_step
+    monkeypatch.setattr(distill, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    bench.step_times(["kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=2, warmup=1)
+    assert len(calls) == 3

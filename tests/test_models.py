@@ -1,7 +1,8 @@
 import pytest
+import timm
 import torch
 
-from tas_lite import config, models
+from tas_lite import config, models, teachers
 
 TIMM_224 = {"resnet18": "cnn", "mobilenetv2_100": "cnn", "convnext_tiny": "cnn", "deit_tiny_patch16_224": "vit",
             "swin_tiny_patch4_window7_224": "swin", "mixer_b16_224": "mlp", "resmlp_12_224": "mlp"}
@@ -70,6 +71,7 @@ def test_same_seed_same_weights():
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "tiny_transformer", "num_classes": 10}, "tiny models: tiny_resnet"),
     ({"name": "tiny_vit", "num_classes": 1}, "num_classes must be an int >= 2"),
+    ({"name": "tiny_vit", "num_classes": 10, "img_size": 4}, "img_size must be an int >= 8"),
     ({"name": "tiny_vit", "num_classes": 10, "img_size": 30}, "divisible by 4"),
     ({"name": "tiny_swin", "num_classes": 10, "img_size": 40}, "divisible by 16"),
     ({"name": "vit_small_patch16_224", "num_classes": 10, "img_size": 200}, "cannot be built at img_size=200"),
@@ -88,26 +90,28 @@ def test_unknown_family_names_what_is_supported():
 
 
 def test_pretrained_loads_through_timm_from_a_local_file(tmp_path):
+    """timm's own options pass through: ImageNet-style weights from a file with a new head, or exact weights."""
     from safetensors.torch import save_file
 
     source = models.create("resnet18", num_classes=1000)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "resnet18.safetensors"))
-    loaded = models.create("resnet18", num_classes=10, pretrained_file=tmp_path / "resnet18.safetensors")
+    loaded = models.create("resnet18", num_classes=10, pretrained=True,
+                           pretrained_cfg_overlay=dict(file=str(tmp_path / "resnet18.safetensors")))
     assert torch.equal(loaded.conv1.weight, source.conv1.weight)
     assert loaded.fc.out_features == 10  # classifier re-initialised for the new class count
+    exact = models.create("resnet18", num_classes=1000, checkpoint_path=str(tmp_path / "resnet18.safetensors"))
+    assert torch.equal(exact.fc.weight, source.fc.weight)
 
 
 def test_trained_caches_and_reloads_bit_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path))
-    first = models.trained("tiny_resnet", epochs=1, progress=False)
+    first = teachers.trained("tiny_resnet", epochs=1, progress=False)
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert any(f.endswith(".safetensors") for f in files) and any(f.endswith(".json") for f in files)
     assert first.tas_lite_info["test_acc"] > 10 and not first.training
 
-    from tas_lite import distill
-
-    monkeypatch.setattr(distill, "fit", lambda *a, **k: pytest.fail("trained() retrained despite the cache"))
-    again = models.trained("tiny_resnet", epochs=1, progress=False)
+    monkeypatch.setattr(teachers.distill, "fit", lambda *a, **k: pytest.fail("trained() retrained despite the cache"))
+    again = teachers.trained("tiny_resnet", epochs=1, progress=False)
     a, b = first.state_dict(), again.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert again.tas_lite_info["test_acc"] == first.tas_lite_info["test_acc"]
@@ -119,5 +123,56 @@ def test_trained_weights_depend_on_the_seed_only(tmp_path, monkeypatch):
     for home, draws in (("a", 1), ("b", 1000)):
         monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / home))
         torch.randn(draws)  # whatever ran earlier in the session consumed the global RNG
-        states.append(models.trained("tiny_mixer", profile="smoke", epochs=1, progress=False).state_dict())
+        states.append(teachers.trained("tiny_mixer", epochs=1, max_steps=4, progress=False).state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("name", list(models.TINY))
+def test_stage_view_parts_add_up_to_the_model(name):
+    """Stem, four stages and head own every parameter exactly once: the accounting the assistant relies on."""
+    model = models.create(name, num_classes=10)
+    sizes = models.stages(model).part_sizes()
+    assert sum(sizes.values()) == models.count_parameters(model) and min(sizes.values()) > 0
+
+
+@pytest.mark.parametrize("name", list(TIMM_224))
+def test_timm_stage_view_parts_add_up_to_the_model(name):
+    model = models.create(name, num_classes=10)
+    assert sum(models.stages(model).part_sizes().values()) == models.count_parameters(model)
+
+
+INTERMEDIATES = {  # name -> (indices for forward_intermediates, the view's stages they equal)
+    "tiny_resnet": [1, 2, 3, 4], "tiny_convnext": [0, 1, 2, 3], "tiny_swin": [0, 1, 2, 3],
+    "tiny_vit": [0, 1, 4, 5], "tiny_mixer": [1, 3, 9, 11], "tiny_resmlp": [1, 3, 9, 11],
+    "resnet18": [1, 2, 3, 4], "convnext_tiny": [0, 1, 2, 3], "deit_tiny_patch16_224": [1, 3, 9, 11],
+}
+
+
+@pytest.mark.parametrize("name", list(INTERMEDIATES))
+def test_stage_view_agrees_with_timm_forward_intermediates(name):
+    """Where timm has `forward_intermediates`, its feature maps at our stage ends are our stage outputs."""
+    model = models.create(name, num_classes=10).eval()
+    view = models.stages(model)
+    size = models.input_size(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ours = [view.nchw(s) for s in view.features(x)]
+        theirs = model.forward_intermediates(x, indices=INTERMEDIATES[name], intermediates_only=True)
+    assert len(theirs) == 4
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), f"stage {i + 1} differs"
+
+
+def test_tiny_models_are_in_timms_registry_without_clashes():
+    """Registered by import: timm.create_model builds them; no name shadows one of timm's own models."""
+    for name in models.TINY:
+        assert timm.is_model(name) and timm.create_model(name, num_classes=3).num_classes == 3
+        assert timm.models.model_entrypoint(name).__module__ == "tas_lite.models"  # ours, not one of timm's
+    assert models.model_name(timm.create_model("tiny_vit")) == "tiny_vit"
+
+
+def test_img_size_defaults_to_the_models_own():
+    deit = models.create("deit_tiny_patch16_224", num_classes=100)
+    assert deit.patch_embed.grid_size == (14, 14) and models.input_size(deit) == 224
+    assert models.input_size(models.create("tiny_vit", num_classes=10)) == 32
+    assert models.create("tiny_vit", num_classes=10, img_size=64).patch_embed.grid_size == (16, 16)

@@ -1,4 +1,4 @@
-"""The notebooks' contract (DESIGN.md): clean commits, a Colab badge, one papermill parameters cell."""
+"""The notebooks' contract: clean commits, a Colab badge, one papermill parameters cell."""
 
 import json
 

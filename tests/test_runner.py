@@ -17,6 +17,9 @@ LABEL = "x"
 """
 
 
+BATCH_PARAMS = PARAMS + "PROGRESS = None\nINTERACTIVE = None\nRESULTS_DIR = None\n"
+
+
 def make_notebook(path, body, params=PARAMS, title="Fabricated notebook"):
     nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nb.cells = [new_markdown_cell(f"# {title}\n\nA tiny notebook the runner tests execute."),
@@ -90,16 +93,16 @@ def test_smoke_run_writes_executed_notebook_figures_and_site(tmp_path, capsys):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     make_notebook(nbs / "01_plot.ipynb", [
-        "import matplotlib.pyplot as plt\nfrom tas_lite import config\ncfg = config.resolve(PROFILE, epochs=EPOCHS)",
-        "print('RESULT', PROFILE, cfg.epochs, os.environ['TAS_LITE_BATCH'])",
+        "import matplotlib.pyplot as plt\nfrom tas_lite import profiles\ncfg = profiles.resolve(PROFILE, epochs=EPOCHS)",
+        "print('RESULT', PROFILE, cfg.epochs, PROGRESS, INTERACTIVE, RESULTS_DIR)",
         "plt.plot([0, 1], [1, 0])\nplt.title('a line')\nplt.show()",
-    ], title="Plotting notebook")
+    ], params=BATCH_PARAMS, title="Plotting notebook")
     report = runner.run("smoke", notebooks_dir=nbs, parameters={"EPOCHS": 5}, out_dir=tmp_path / "out")
     (record,) = report.notebooks
     assert record.status == "ok" and record.wall_s > 0
     executed = nbformat.read(tmp_path / "out" / "01_plot.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    assert "RESULT smoke 5 1" in printed
+    assert f"RESULT smoke 5 False False {(tmp_path / 'out').resolve() / 'results'}" in printed
     assert record.figures and record.figures[0].read_bytes().startswith(b"\x89PNG")
     index = (tmp_path / "out" / "index.html").read_text()
     assert "Plotting notebook" in index and "figures/01_plot_1.png" in index and "01_plot.html" in index
@@ -142,7 +145,7 @@ def test_cli_run_rejects_unknown_parameter(folder, monkeypatch, capsys):
 
 def test_results_notebook_through_the_runner(tmp_path):
     """Notebook 06 in the smoke profile, reading a folder of results instead of training (fast)."""
-    from tas_lite import distill
+    from tas_lite.experiments import result_name
     from tas_lite.results import Result
 
     if not (config.notebooks_dir() / "06_results.ipynb").is_file():
@@ -153,7 +156,7 @@ def test_results_notebook_through_the_runner(tmp_path):
         for seed, acc in enumerate(accs):
             Result(method, teacher, "tiny_vit", seed, 1, final_test_acc=acc,
                    config={"profile": "smoke", "teacher_test_acc": 97.0}).save(
-                results / distill.result_name(teacher, "tiny_vit", method, seed))
+                results / result_name(teacher, "tiny_vit", method, seed))
     report = runner.run("smoke", only=["06"], parameters={"SWEEP_DIR": str(results), "RUN_SWEEP": False},
                         out_dir=tmp_path / "out", progress=False)
     (record,) = report.notebooks
@@ -164,10 +167,10 @@ def test_results_notebook_through_the_runner(tmp_path):
     assert all(f'src="figures/{f.name}"' in index for f in record.figures), "the index shows every figure"
 
 
-def test_kernels_learn_the_run_folder_so_results_follow_out(tmp_path, monkeypatch):
-    """`run --out DIR` must keep notebook 05's results under DIR, not in the default outputs folder."""
-    monkeypatch.delenv("TAS_LITE_RUN_DIR", raising=False)
-    assert config.run_dir("smoke") == config.outputs_dir() / "smoke"
-    with runner.kernel_environment("smoke", tmp_path / "elsewhere"):
-        assert config.run_dir("smoke") == (tmp_path / "elsewhere").resolve()
-    assert config.run_dir("smoke") == config.outputs_dir() / "smoke"
+def test_batch_parameters_go_only_where_declared(folder):
+    """The runner tells notebooks it runs in batch (no widgets, no bars, where results go) through papermill
+    parameters, never environment variables, and only where a notebook declares the name."""
+    jobs = runner.plan("smoke", folder, batch={"PROGRESS": False, "SEEDS": [3]}, parameters={"SEEDS": [1]})
+    first, second = (job.parameters for job in jobs)
+    assert "PROGRESS" not in first and "SEEDS" not in first
+    assert second["SEEDS"] == [1], "an explicit override wins over the runner's batch value"

@@ -1,11 +1,12 @@
-"""Sweeps: resume by skipping finished configurations, and the paper-style aggregation."""
+"""Sweeps (resume by skipping finished configurations) and the paper-style tables they aggregate into."""
 
 import math
 
 import pandas as pd
 import pytest
 
-from tas_lite import config, distill, sweep
+from tas_lite import experiments, profiles, tables
+from tas_lite.experiments import result_name
 from tas_lite.results import Result
 
 ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
@@ -29,8 +30,8 @@ def fabricated():
 
 def test_aggregate_mean_std_and_best(tmp_path):
     for r in fabricated():
-        r.save(tmp_path / distill.result_name(r.teacher, r.student, r.method, r.seed))
-    table = sweep.aggregate(tmp_path)
+        r.save(tmp_path / result_name(r.teacher, r.student, r.method, r.seed))
+    table = tables.aggregate(tmp_path)
     assert list(table.mean.columns) == ["baseline", "kd", "tas"]  # registry order
     row = "tiny_convnext -> tiny_vit"
     assert table.mean.at[row, "kd"] == pytest.approx(92.0) and table.std.at[row, "kd"] == pytest.approx(2.0)
@@ -47,73 +48,72 @@ def test_aggregate_mean_std_and_best(tmp_path):
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
     diff, stderr = table.difference(row, "tas", "kd")
     assert diff == pytest.approx(4.0) and stderr == pytest.approx(math.sqrt(1 / 3 + 4 / 3))
-    best_val = sweep.aggregate(fabricated(), metric="best_val_test_acc")
+    best_val = tables.aggregate(fabricated(), metric="best_val_test_acc")
     assert best_val.mean.at[row, "tas"] == pytest.approx(95.0)
 
 
 def test_aggregate_single_seed_and_errors(tmp_path):
-    table = sweep.aggregate([fake_result("kd", "a", "b", 0, 50.0), fake_result("baseline", None, "c", 0, 40.0)])
+    table = tables.aggregate([fake_result("kd", "a", "b", 0, 50.0), fake_result("baseline", None, "c", 0, 40.0)])
     assert table.cell("a -> b", "kd") == "50.00" and math.isnan(table.std.at["a -> b", "kd"])
     assert table.mean.at["(no teacher) -> c", "baseline"] == 40.0
     with pytest.raises(ValueError, match="no results JSON"):
-        sweep.aggregate(tmp_path)
+        tables.aggregate(tmp_path)
     with pytest.raises(ValueError, match="different setups"):
-        sweep.aggregate([fake_result("kd", "a", "b", 0, 1.0), fake_result("kd", "a", "b", 1, 1.0, profile="smoke")])
+        tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), fake_result("kd", "a", "b", 1, 1.0, profile="smoke")])
     with pytest.raises(ValueError, match="allowed: final_test_acc, best_val_test_acc"):
-        sweep.aggregate(fabricated(), metric="acc")
+        tables.aggregate(fabricated(), metric="acc")
 
 
 def test_configurations_run_baseline_once_per_student():
-    runs = sweep.configurations(["tiny_convnext", "tiny_resnet"], ["tiny_vit"], ["baseline", "kd"], [0, 1])
+    runs = experiments.configurations(["tiny_convnext", "tiny_resnet"], ["tiny_vit"], ["baseline", "kd"], [0, 1])
     assert sum(r.method == "baseline" for r in runs) == 2 and len(runs) == 6
     assert all(r.teacher is None for r in runs if r.method == "baseline")
     with pytest.raises(ValueError, match="unknown method"):
-        sweep.configurations(["tiny_convnext"], ["tiny_vit"], ["kd", "crd"], [0])
+        experiments.configurations(["tiny_convnext"], ["tiny_vit"], ["kd", "crd"], [0])
     with pytest.raises(ValueError, match="unknown model 'tiny_vitt'"):
-        sweep.configurations(["tiny_convnext"], ["tiny_vitt"], ["kd"], [0])
+        experiments.configurations(["tiny_convnext"], ["tiny_vitt"], ["kd"], [0])
     with pytest.raises(ValueError, match="non-negative ints"):
-        sweep.configurations(["tiny_convnext"], ["tiny_vit"], ["kd"], [-1])
+        experiments.configurations(["tiny_convnext"], ["tiny_vit"], ["kd"], [-1])
 
 
 def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(method, teacher, student, *, profile, seed, epochs, out_dir, progress):
+    def fake_run(method, teacher, student, settings, *, seed, out_dir, progress):
         calls.append((method, teacher, student, seed))
-        cfg = config.resolve(profile, epochs=epochs)
-        result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=profile,
-                             epochs=cfg.epochs, batch_size=cfg.batch_size)
-        result.save(out_dir / distill.result_name(teacher, student, method, seed))
+        result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=settings.profile,
+                             epochs=settings.epochs, batch_size=settings.batch_size)
+        result.save(out_dir / result_name(teacher, student, method, seed))
         return result
 
-    monkeypatch.setattr(distill, "run", fake_run)
-    kwargs = dict(teachers=["tiny_convnext"], students=["tiny_vit"], methods=["baseline", "kd", "tas"], seeds=[0, 1],
-                  profile="smoke", out_dir=tmp_path, progress=False)
-    table = sweep.sweep(**kwargs)
+    monkeypatch.setattr(experiments, "run", fake_run)
+    smoke = profiles.resolve("smoke")
+    kwargs = dict(teacher_names=["tiny_convnext"], student_names=["tiny_vit"], method_names=["baseline", "kd", "tas"],
+                  seeds=[0, 1], out_dir=tmp_path, progress=False)
+    table = experiments.sweep(smoke, **kwargs)
     assert len(calls) == 6 and table.count.loc["tiny_convnext -> tiny_vit"].tolist() == [2, 2, 2]
     assert (tmp_path / "table.md").is_file() and (tmp_path / "table.csv").is_file()
-    sweep.sweep(**kwargs)
+    experiments.sweep(smoke, **kwargs)
     assert len(calls) == 6  # everything was already done
-    (tmp_path / distill.result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
-    sweep.sweep(**kwargs)
+    (tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
+    experiments.sweep(smoke, **kwargs)
     assert calls[6:] == [("tas", "tiny_convnext", "tiny_vit", 1)]
     with pytest.raises(ValueError, match="holds a run with .'profile': 'smoke'"):
-        sweep.sweep(**{**kwargs, "profile": "cpu"})
+        experiments.sweep(profiles.resolve("cpu"), **kwargs)
 
 
 def test_paper_table_and_gains():
-    paper = sweep.paper_table()
+    paper = tables.paper_table()
     assert len(paper.mean) == 5 and set(paper.best) == {"tas"}
     assert paper.mean.at["Swin-T -> ResNet18", "tas"] == 81.61 and "arXiv 2410.12342" in paper.caption
     assert "**81.61**" in paper.markdown() and "Teacher" in paper.markdown()
-    gains = sweep.gains_over(paper, "kd")
+    gains = tables.gains_over(paper, "kd")
     assert gains["TAS"] == pytest.approx((2.87 + 4.67 + 9.33 + 6.58 + 5.78) / 5)
 
 
-def test_paper_reference_and_result_dirs():
-    assert sweep.paper_reference("convnext_tiny", "deit_tiny_patch16_224")[0] == "ConvNeXt-T -> DeiT-T"
-    label, row = sweep.paper_reference("tiny_convnext", "tiny_vit")
+def test_paper_reference():
+    assert tables.paper_reference("convnext_tiny", "deit_tiny_patch16_224")[0] == "ConvNeXt-T -> DeiT-T"
+    label, row = tables.paper_reference("tiny_convnext", "tiny_vit")
     assert label == "ConvNeXt-T -> DeiT-T (same families)" and row["tas"] == 79.57
-    assert sweep.paper_reference("swin_tiny_patch4_window7_224", "resnet18")[1]["baseline"] == 74.01
-    sweep_dir, notebook_dir = sweep.result_dirs("cpu")
-    assert sweep_dir.parts[-2:] == ("sweep", "cpu") and notebook_dir.parts[-2:] == ("cpu", "results")
+    assert tables.paper_reference("swin_tiny_patch4_window7_224", "resnet18")[1]["baseline"] == 74.01
+    assert experiments.default_dir(profiles.resolve("cpu")).parts[-2:] == ("sweep", "cpu")

@@ -1,9 +1,8 @@
-"""Sweeps over teachers x students x methods x seeds, resumable, aggregated into the paper's table layout.
+"""Tables of results: mean +- std over seeds in the paper's layout, and the paper's own numbers.
 
-`sweep(...)` calls `tas_lite.distill.run` once per configuration whose results JSON is missing (so an
-interrupted sweep resumes where it stopped), then `aggregate(folder)` turns every results JSON in the
-folder into a `SweepTable`: rows teacher -> student, columns methods, mean +- std over seeds, best
-per row marked, saved as Markdown, CSV and a figure. `PAPER_TABLE` holds the paper's numbers once.
+`aggregate(folder)` turns every results JSON in a folder into a `SweepTable`: rows teacher -> student,
+columns methods, mean +- std over seeds, best per row marked, saved as Markdown, CSV and a figure.
+`PAPER_TABLE` holds the paper's numbers once, with their source.
 """
 
 from __future__ import annotations
@@ -12,15 +11,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import config, distill
+from . import plots
 from .methods import METHODS
+from .models import TINY, tiny_family
 from .results import Result
 
-# METHOD.md section 5: CIFAR-100 top-1 (%), 224 px upsampled inputs, 300 epochs.
+# The paper's table (TAS, arXiv 2410.12342, CIFAR-100 top-1 %, 224 px upsampled inputs, 300 epochs).
 PAPER_SOURCE = ("TAS, arXiv 2410.12342 (v2: 'Fuse Before Transfer', ICCV 2025), CIFAR-100 top-1 %, images "
                 "upsampled to 224 px, 300 epochs; KD, FitNet, CRD and OFA as reported in the same table")
 PAPER_TABLE: dict[tuple[str, str], dict[str, float]] = {
@@ -39,104 +39,15 @@ METRICS = {"final_test_acc": "test accuracy after the last epoch",
 _ORDER = list(METHODS) + ["crd"]
 
 
-def default_dir(profile: str) -> Path:
-    """`outputs/sweep/<profile>`: one folder per profile, so smoke results never mix with cpu ones."""
-    config.profile(profile)
-    return config.outputs_dir() / "sweep" / profile
 
 
-def result_dirs(profile: str) -> list[Path]:
-    """Where a profile's results JSON are looked for, in order: the sweep's folder, then the folder
-    notebook 05 writes its single-seed runs to (`outputs/<profile>/results`, or `<DIR>/results` under `run --out DIR`)."""
-    return [default_dir(profile), config.run_dir(profile) / "results"]
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One training run of a sweep; baselines have no teacher (run once per student and seed)."""
-
-    method: str
-    teacher: str | None
-    student: str
-    seed: int
-
-    @property
-    def filename(self) -> str:
-        return distill.result_name(self.teacher, self.student, self.method, self.seed)
-
-
-def configurations(teachers: Sequence[str], students: Sequence[str], methods: Sequence[str],
-                   seeds: Sequence[int]) -> list[Configuration]:
-    """Every (teacher, student, method, seed), baselines once per student; names checked up front."""
-    import timm
-
-    from . import models
-
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; allowed: {', '.join(METHODS)}")
-    bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
-    if bad_seeds or not seeds:
-        raise ValueError(f"seeds must be non-negative ints (at least one), got {list(seeds)}")
-    for name in [*teachers, *students]:
-        if name not in models.TINY and not timm.is_model(name):
-            raise ValueError(f"unknown model {name!r}; tiny models: {', '.join(models.TINY)}, or any timm name")
-    if not teachers and any(m != "baseline" for m in methods):
-        raise ValueError("distillation methods need at least one teacher")
-    runs = [Configuration("baseline", None, s, seed) for s in students for seed in seeds if "baseline" in methods]
-    runs += [Configuration(m, t, s, seed) for t in teachers for s in students for m in methods if m != "baseline"
-             for seed in seeds]
-    return runs
-
-
-def sweep(teachers: Sequence[str] | None = None, students: Sequence[str] | None = None,
-          methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *, profile: str = "cpu",
-          out_dir: str | Path | None = None, epochs: int | None = None, progress: bool = True,
-          metric: str = "final_test_acc") -> SweepTable:
-    """Run every configuration whose results JSON is missing in `out_dir`, then aggregate the folder.
-
-    Lists left at None take the profile's teacher, student, methods and seeds. Results made with another
-    profile, epoch count, dataset or batch size in the folder are an error (they would silently mix in the
-    table). After changing training code, sweep into a fresh folder: old results are not re-run.
-    """
-    cfg = config.resolve(profile, epochs=epochs)
-    runs = configurations(teachers or [cfg.teacher], students or [cfg.student], methods or cfg.methods,
-                          cfg.seeds if seeds is None else seeds)
-    out = Path(out_dir) if out_dir is not None else default_dir(profile)
-    todo = [run for run in runs if not _finished(out / run.filename, cfg)]
-    _say(progress, f"sweep ({profile}, {cfg.epochs} epochs): {len(runs)} configurations, "
-                   f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
-    bar = _bar(todo, progress)
-    for run in bar:
-        if progress:
-            bar.set_description(f"{run.method} {run.teacher or '-'} -> {run.student} seed {run.seed}")
-        result = distill.run(run.method, run.teacher, run.student, profile=profile, seed=run.seed, epochs=epochs,
-                             out_dir=out, progress=False)
-        if progress:
-            bar.write(f"  {run.method:8s} {run.teacher or '-'} -> {run.student} seed {run.seed}: "
-                      f"{result.final_test_acc:.2f}% test in {result.wall_s:.0f} s")
-    table = aggregate(out, metric=metric)
-    paths = table.save(out)
-    _say(progress, f"table: {paths['md']}")
-    return table
-
-
-def _finished(path: Path, cfg: SimpleNamespace) -> bool:
-    """True if `path` holds a run of this setup; a run of another setup is an error, never silently reused."""
-    if not path.is_file():
-        return False
-    done = Result.load(path)
-    have = {"profile": done.config.get("profile"), "epochs": done.epochs, "dataset": done.config.get("dataset"),
-            "batch_size": done.config.get("batch_size")}
-    want = {"profile": cfg.profile, "epochs": cfg.epochs, "dataset": cfg.dataset, "batch_size": cfg.batch_size}
-    if have != want:
-        raise ValueError(f"{path} holds a run with {have}, but this sweep asks for {want}; "
-                         f"use another out_dir or delete it")
-    return True
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
 
 
 def load_results(folder: str | Path) -> list[Result]:
-    """Every results JSON (named by `distill.result_name`) in a folder; an empty list if there is none."""
+    """Every results JSON (named `teacher__student__method__seedN.json`) in a folder; [] if there is none."""
     folder = Path(folder)
     return [Result.load(p) for p in sorted(folder.glob("*__*__*__seed*.json"))] if folder.is_dir() else []
 
@@ -206,8 +117,6 @@ class SweepTable:
 
     def figure(self, title: str | None = None):
         """Accuracy per method, one panel per pair (mean +- std), teacher accuracy as a dashed line."""
-        from . import plots
-
         panels = {row: {METHOD_LABELS.get(c, c): (self.mean.at[row, c], 0.0 if self.std is None or pd.isna(
             self.std.at[row, c]) else self.std.at[row, c]) for c in self.mean.columns if not pd.isna(self.mean.at[row, c])}
             for row in self.mean.index}
@@ -217,8 +126,6 @@ class SweepTable:
 
     def save(self, folder: str | Path, stem: str = "table") -> dict[str, Path]:
         """Write `<stem>.md`, `<stem>.csv` and `<stem>.png` into `folder`."""
-        import matplotlib.pyplot as plt
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"md": folder / f"{stem}.md", "csv": folder / f"{stem}.csv", "png": folder / f"{stem}.png"}
@@ -240,8 +147,7 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
     A baseline (no teacher) fills the baseline column of every row with its student. Results of
     different profiles or epoch counts in one table are an error.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    check_metric(metric)
     results = load_results(source) if isinstance(source, (str, Path)) else list(source)
     if not results:
         raise ValueError(f"no results JSON in {source}; run `python -m tas_lite sweep` first")
@@ -278,7 +184,7 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
 
 
 def paper_table() -> SweepTable:
-    """The paper's CIFAR-100 table (METHOD.md section 5) as a SweepTable, with its source as caption."""
+    """The paper's CIFAR-100 table as a SweepTable, with its source as caption."""
     rows = {f"{t} -> {s}": values for (t, s), values in PAPER_TABLE.items()}
     mean = pd.DataFrame.from_dict(rows, orient="index")[["kd", "fitnet", "crd", "ofa", "tas"]]
     return SweepTable(mean, teacher_acc={r: PAPER_TEACHERS[r.split(" -> ")[0]] for r in rows
@@ -295,18 +201,6 @@ def gains_over(table: SweepTable, reference: str = "kd") -> dict[str, float]:
     return {METHOD_LABELS.get(c, c): float(diff[c].mean()) for c in diff.columns if diff[c].notna().any()}
 
 
-def _bar(items: list, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="sweep", leave=False)
-
-
-def _say(enabled: bool, text: str) -> None:
-    if enabled:
-        print(text, flush=True)
-
 
 PAPER_NAMES = {"swin_tiny_patch4_window7_224": "Swin-T", "vit_small_patch16_224": "ViT-S", "convnext_tiny": "ConvNeXt-T",
                "resnet18": "ResNet18", "mobilenetv2_100": "MobileNetV2", "deit_tiny_patch16_224": "DeiT-T",
@@ -318,8 +212,6 @@ PAPER_FAMILIES = {"Swin-T": "swin", "ViT-S": "vit", "ConvNeXt-T": "cnn", "ResNet
 def paper_reference(teacher: str, student: str) -> tuple[str, dict[str, float]]:
     """The paper's row for a (teacher, student) pair: the same pair when the paper has it, else the first
     row with the same (teacher family, student family), labelled as such; ("none", {}) when there is none."""
-    from .models import TINY, tiny_family
-
     def with_baseline(t: str, s: str) -> dict[str, float]:
         row = dict(PAPER_TABLE[(t, s)])
         if s in PAPER_BASELINES:

@@ -1,0 +1,110 @@
+"""The one table of profile defaults, and `resolve()`: the only place that reads a profile's name.
+
+Notebooks and the command line call `resolve(PROFILE, epochs=EPOCHS, ...)` once, at the edge; every
+function below takes the resolved values explicitly (a `Settings` object or plain arguments).
+smoke: each notebook < 60 s on 2 cores (the tests); cpu: the course on a laptop; gpu: the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a profile, resolved. Lists are stored as tuples, so a Settings object never changes."""
+
+    profile: str
+    dataset: str                 # "digits" (embedded), "cifar100", ...
+    img_size: int                # input side in pixels
+    batch_size: int              # student training batch
+    epochs: int                  # student epochs
+    max_steps: int | None        # cap on student steps per epoch (smoke runs), None: whole epochs
+    teacher_epochs: int          # epochs of a cached teacher (from scratch, or fine-tuning when pretrained)
+    teacher_batch_size: int
+    teacher_max_steps: int | None
+    pretrained: bool             # teachers start from timm's ImageNet weights
+    cka_examples: int            # images CKA sees (notebook 01)
+    probe_images: int            # images the probes average over (notebook 02)
+    cnn: str                     # one model per family for notebooks 01-02
+    vit: str
+    mlp: str
+    teacher: str                 # the default pair of notebooks 04-06 and sweeps
+    student: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    assistant_pairs: tuple[tuple[str, str], ...]  # notebook 03
+    train_steps: int             # notebook 03's short TAS run
+    device: str                  # "auto": cuda, then mps, then cpu
+    amp: bool | None             # None: on for CUDA
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some knobs changed (None leaves a knob as it is); unknown names are an error."""
+        _check_names(changes)
+        return dataclasses.replace(self, **_frozen({k: v for k, v in changes.items() if v is not None}))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 1, "max_steps": 4,
+        "teacher_epochs": 2, "teacher_batch_size": 32, "teacher_max_steps": 4, "pretrained": False,
+        "cka_examples": 128, "probe_images": 8, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
+        "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "ofa", "tas"],
+        "seeds": [0], "assistant_pairs": [["tiny_vit", "tiny_resnet"]], "train_steps": 3,
+        "device": "cpu", "amp": False,
+    },
+    "cpu": {
+        "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 10, "max_steps": None,
+        "teacher_epochs": 10, "teacher_batch_size": 32, "teacher_max_steps": None, "pretrained": False,
+        "cka_examples": 512, "probe_images": 32, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
+        "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "ofa", "tas"],
+        "seeds": [0, 1, 2],
+        "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
+        "train_steps": 40, "device": "auto", "amp": False,
+    },
+    "gpu": {
+        "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "max_steps": None,
+        "teacher_epochs": 10, "teacher_batch_size": 128, "teacher_max_steps": None, "pretrained": True,
+        "cka_examples": 2048, "probe_images": 64, "cnn": "resnet50", "vit": "vit_small_patch16_224",
+        "mlp": "mixer_b16_224", "teacher": "convnext_tiny", "student": "deit_tiny_patch16_224",
+        "methods": ["baseline", "kd", "ofa", "tas"], "seeds": [0, 1, 2],
+        "assistant_pairs": [["swin_tiny_patch4_window7_224", "resnet18"], ["vit_small_patch16_224", "resnet18"],
+                            ["vit_small_patch16_224", "mobilenetv2_100"], ["convnext_tiny", "deit_tiny_patch16_224"],
+                            ["convnext_tiny", "resmlp_12_224"]],
+        "train_steps": 200, "device": "auto", "amp": True,
+    },
+}
+KNOBS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "profile")
+
+
+def _frozen(values: dict[str, Any]) -> dict[str, Any]:
+    """Lists (and lists of lists) as tuples."""
+    def freeze(v):
+        return tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return {k: freeze(v) for k, v in values.items()}
+
+
+def _check_names(knobs: dict[str, Any]) -> None:
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; profile knobs are: {', '.join(sorted(KNOBS))}")
+
+
+def resolve(profile: str, **overrides: Any) -> Settings:
+    """The profile's Settings with every override that is not None applied; unknown names are an error.
+
+    >>> resolve("smoke", epochs=None, batch_size=8).batch_size
+    8
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    _check_names(overrides)
+    return Settings(profile=profile, **_frozen(PROFILES[profile])).replace(**overrides)
+
+
+DEFAULT = resolve("cpu")  # what library functions assume when a caller gives no value

@@ -1,0 +1,162 @@
+"""The HTML site of a notebook run: one card per notebook (status, time, figures, links), each notebook
+rendered to HTML with its figures, and `run.json` with the machine the numbers come from."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbconvert import HTMLExporter
+
+from .results import machine
+
+
+@dataclass
+class NotebookRun:
+    """What happened to one notebook: status "ok", "failed" or "not run", wall time, outputs."""
+
+    source: Path
+    output: Path
+    parameters: dict[str, Any]
+    status: str = "not run"
+    wall_s: float = 0.0
+    error: str | None = None
+    html: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.source.stem
+
+
+@dataclass
+class RunReport:
+    """A run of the notebook sequence; `index` is the site's entry page."""
+
+    profile: str
+    out_dir: Path
+    notebooks: list[NotebookRun]
+    wall_s: float = 0.0
+    index: Path | None = None
+
+
+def write_site(report: RunReport) -> Path:
+    """Render each executed notebook to HTML (figures embedded), save its figures as PNGs, and write
+    `index.html` (one card per notebook: status, wall time, its figures, links) plus `run.json`."""
+    exporter = HTMLExporter()
+    cards = []
+    for nb in report.notebooks:
+        executed = nb.status != "not run" and nb.output.is_file()
+        node = nbformat.read(nb.output if executed else nb.source, as_version=4)
+        if executed:
+            nb.figures = _save_figures(node, report.out_dir / "figures", nb.name)
+            body, _ = exporter.from_notebook_node(node)
+            nb.html = nb.output.with_suffix(".html")
+            nav = (f'<nav style="padding:8px 16px;font:14px sans-serif;background:#f3f4f6">'
+                   f'<a href="index.html">&larr; all notebooks</a> &middot; {_esc(nb.name)} &middot; profile '
+                   f'{_esc(report.profile)} &middot; {nb.status}, {nb.wall_s:.1f} s</nav>')
+            nb.html.write_text(re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav, body, count=1))
+        cards.append(_card(nb, node))
+    info = machine()
+    ok = sum(nb.status == "ok" for nb in report.notebooks)
+    summary = (f"{ok} of {len(report.notebooks)} notebooks ran without error in {report.wall_s / 60:.1f} min "
+               f"&middot; profile <b>{_esc(report.profile)}</b> &middot; {time.strftime('%Y-%m-%d %H:%M')} "
+               f"&middot; {_esc(info['platform'])}, {info['cpu_count']} CPUs, torch {_esc(info['torch'])}")
+    index = report.out_dir / "index.html"
+    index.write_text(_PAGE.replace("{summary}", summary).replace("{cards}", "\n".join(cards))
+                     .replace("{profile}", _esc(report.profile)))
+    (report.out_dir / "run.json").write_text(json.dumps({
+        "profile": report.profile, "wall_s": round(report.wall_s, 2), "machine": info,
+        "notebooks": [{"name": nb.name, "status": nb.status, "wall_s": round(nb.wall_s, 2), "error": nb.error,
+                       "parameters": nb.parameters, "figures": len(nb.figures)} for nb in report.notebooks]},
+        indent=2, default=str))
+    return index
+
+
+def _save_figures(node, folder: Path, stem: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{stem}_*.png"):  # from an earlier run of the same notebook
+        stale.unlink()
+    paths = []
+    for cell in node.cells:
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                path = folder / f"{stem}_{len(paths) + 1}.png"
+                path.write_bytes(base64.b64decode(png))
+                paths.append(path)
+    return paths
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _card(nb: NotebookRun, node) -> str:
+    """One notebook's card: title, blurb, status, wall time, check cells, first figure, links, and a
+    strip with every figure the notebook drew (each links to its full-size PNG)."""
+    paragraphs = [" ".join(part.split()) for c in node.cells if c.cell_type == "markdown"
+                  for part in re.split(r"\n\s*\n", c.source)]
+    title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), nb.name)
+    blurb = next((p for p in paragraphs if p and not p.startswith(("#", "[![", "<", "|", "!", "-", "*", "$"))), "")
+    blurb = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", blurb).replace("*", "").replace("`", "")
+    if len(blurb) > 300:
+        blurb = blurb[:300].rsplit(" ", 1)[0] + " …"
+    checks = sum(any(line.lstrip().startswith("assert") for line in c.source.splitlines())
+                 for c in node.cells if c.cell_type == "code")
+    extra = {k: v for k, v in nb.parameters.items() if k != "PROFILE"}
+    thumb = (f'<a href="{_esc(nb.html.name)}"><img src="figures/{_esc(nb.figures[0].name)}" alt="first figure"></a>'
+             if nb.figures and nb.html else '<div class="nofig">no figure</div>')
+    links = (f'<a href="{_esc(nb.html.name)}">HTML</a> &middot; <a href="{_esc(nb.output.name)}">executed .ipynb</a>'
+             if nb.html else "not executed")
+    error = f'<pre class="error">{_esc(nb.error)}</pre>' if nb.error else ""
+    gallery = "".join(f'<a href="figures/{_esc(f.name)}" title="figure {i}"><img src="figures/{_esc(f.name)}" '
+                      f'alt="figure {i} of {_esc(nb.name)}"></a>' for i, f in enumerate(nb.figures, 1))
+    gallery = f'<div class="gallery">{gallery}</div>' if len(nb.figures) > 1 else ""
+    params = f"<p class=\"meta\">parameters: {_esc(extra)}</p>" if extra else ""
+    return f"""<article class="card {nb.status.replace(' ', '-')}">
+  {thumb}
+  <div class="body">
+    <h2><a href="{_esc(nb.html.name) if nb.html else '#'}">{_esc(title)}</a></h2>
+    <p class="meta"><span class="badge">{_esc(nb.status)}</span> {nb.wall_s:.1f} s &middot; {len(nb.figures)} figures
+      &middot; {checks} check cells &middot; <code>{_esc(nb.source.name)}</code></p>
+    <p>{_esc(blurb)}</p>{params}{error}
+    <p class="links">{links}</p>
+  </div>
+  {gallery}
+</article>"""
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tas_lite notebooks ({profile})</title>
+<style>
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; background: #f6f7f9; color: #1f2937; }
+header { background: #1e3a8a; color: white; padding: 22px 32px; }
+header h1 { margin: 0 0 6px; font-size: 26px; } header p { margin: 0; opacity: .9; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; padding: 24px 32px; }
+.card { display: flex; flex-wrap: wrap; gap: 16px; background: white; border-radius: 10px; padding: 14px;
+        box-shadow: 0 1px 3px rgba(0,0,0,.12); border-left: 6px solid #9ca3af; }
+.card.ok { border-left-color: #16a34a; } .card.failed { border-left-color: #dc2626; }
+.card img, .nofig { width: 220px; height: 160px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 6px; background: white; }
+.gallery { flex-basis: 100%; display: flex; flex-wrap: wrap; gap: 8px; }
+.gallery img { width: auto; height: 96px; max-width: 180px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 4px; }
+.nofig { display: flex; align-items: center; justify-content: center; color: #9ca3af; }
+.body { flex: 1; min-width: 0; } h2 { font-size: 18px; margin: 0 0 4px; } h2 a { color: #1e3a8a; text-decoration: none; }
+.meta { color: #4b5563; font-size: 13px; margin: 4px 0; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 9px; background: #e5e7eb; font-weight: 600; }
+.ok .badge { background: #dcfce7; color: #166534; } .failed .badge { background: #fee2e2; color: #991b1b; }
+.error { background: #fef2f2; color: #991b1b; padding: 6px; white-space: pre-wrap; font-size: 12px; }
+.links a { font-weight: 600; }
+</style></head>
+<body><header><h1>tas_lite: heterogeneous distillation notebooks</h1><p>{summary}</p></header>
+<main>
+{cards}
+</main></body></html>
+"""

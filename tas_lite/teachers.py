@@ -1,0 +1,107 @@
+"""Trained models, cached: `trained(name)` trains once with a fixed recipe and then loads from disk.
+
+A cache entry is keyed by name, dataset, seed and a hash of everything its training depends on
+(epochs, batch size, step cap, image size, pretrained start, recipe version), so a changed recipe
+never loads stale weights. `prepare` is the teacher of a distillation run: a cached model, or your
+own weights from a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import checkpoints, config, data, distill, models
+from .profiles import DEFAULT
+
+RECIPE_VERSION = 3  # 3: initial weights seeded inside trained()
+VAL_FRACTION = 0.1
+
+
+def recipe(name: str, dataset: str, *, img_size: int, epochs: int, batch_size: int, max_steps: int | None,
+           pretrained: bool) -> dict[str, Any]:
+    """Everything a cache entry depends on besides the seed."""
+    return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": batch_size,
+            "val_fraction": VAL_FRACTION, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
+            "version": RECIPE_VERSION}
+
+
+def cache_path(spec: dict[str, Any], seed: int) -> Path:
+    """Cache file for one trained model: name-dataset-seed-hash."""
+    return config.checkpoints_dir() / f"{spec['name']}-{spec['dataset']}-s{seed}-{checkpoints.config_hash(spec)}.safetensors"
+
+
+def _check_positive(**values: int | None) -> None:
+    for key, value in values.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{key} must be a positive int{' or None' if key == 'max_steps' else ''}, got {value!r}")
+
+
+def trained(name: str, dataset: str = "digits", seed: int = 0, *, epochs: int = DEFAULT.teacher_epochs,
+            batch_size: int = DEFAULT.teacher_batch_size, max_steps: int | None = DEFAULT.teacher_max_steps,
+            img_size: int | None = None, pretrained: bool = False, device: str = "auto", progress: bool = True,
+            retrain: bool = False) -> nn.Module:
+    """A model trained on `dataset` with a fixed recipe, cached; trains only when the cache is missing.
+
+    Defaults are the cpu profile's teacher recipe. `pretrained=True` starts from timm's ImageNet weights
+    and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers. Returns the model in eval mode; its
+    accuracy and recipe are in `model.tas_lite_info`.
+    """
+    _check_positive(epochs=epochs, batch_size=batch_size, max_steps=max_steps)
+    size = img_size or models.default_img_size(name)
+    spec = recipe(name, dataset, img_size=size, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+                  pretrained=pretrained)
+    path = cache_path(spec, seed)
+    num_classes = data.num_classes(dataset)
+    config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
+    model = models.create(name, num_classes=num_classes, img_size=size, pretrained=pretrained and not path.is_file())
+    if path.is_file() and not retrain:
+        meta = checkpoints.load_weights(model, path)
+    else:
+        meta = _train(model, spec, seed, device=device, progress=progress)
+        checkpoints.save_weights(model, path, meta)
+    model.eval()
+    model.tas_lite_info = meta
+    return model
+
+
+def _train(model: nn.Module, spec: dict[str, Any], seed: int, *, device: str, progress: bool) -> dict[str, Any]:
+    """Train `model` by `spec` (from scratch, or fine-tuning when pretrained); return its sidecar."""
+    train, val, test = data.loaders(spec["dataset"], batch_size=spec["batch_size"], img_size=spec["img_size"],
+                                    val_fraction=spec["val_fraction"], seed=seed)
+    plan = distill.Recipe.fine_tune(spec["epochs"]) if spec["pretrained"] else None
+    result = distill.fit("baseline", None, model, train, val, test=test, epochs=spec["epochs"], seed=seed,
+                         device=device, progress=progress, recipe=plan, max_steps=spec["max_steps"])
+    model.cpu()
+    return {"recipe": spec, "seed": seed, "test_acc": result.final_test_acc, "val_acc": result.final_val_acc,
+            "epochs": spec["epochs"], "train_seconds": result.wall_s, "parameters": models.count_parameters(model)}
+
+
+def prepare(name: str, dataset: str = "digits", *, seed: int = 0, epochs: int = DEFAULT.teacher_epochs,
+            batch_size: int = DEFAULT.teacher_batch_size, max_steps: int | None = DEFAULT.teacher_max_steps,
+            img_size: int | None = None, pretrained: bool = False, checkpoint: str | Path | None = None,
+            device: str = "auto", progress: bool = True) -> nn.Module:
+    """The teacher of a distillation run: `trained(...)`, or your own safetensors weights from `checkpoint`.
+
+    The test accuracy is in `teacher.tas_lite_info["test_acc"]` (absent for your own weights unless
+    their JSON sidecar holds it).
+    """
+    if checkpoint is None:
+        return trained(name, dataset, seed, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+                       img_size=img_size, pretrained=pretrained, device=device, progress=progress)
+    teacher = models.create(name, num_classes=data.num_classes(dataset), img_size=img_size)
+    path = Path(checkpoint).with_suffix(".safetensors")
+    if not path.is_file():
+        raise ValueError(f"teacher checkpoint {path} does not exist; pass checkpoint=None to train and cache one")
+    teacher.tas_lite_info = checkpoints.load_weights(teacher, path)
+    return teacher.eval()
+
+
+def from_settings(name: str, settings, *, seed: int = 0, progress: bool = True) -> nn.Module:
+    """`prepare` with a profile's resolved teacher knobs (`profiles.resolve(...)`)."""
+    return prepare(name, settings.dataset, seed=seed, epochs=settings.teacher_epochs,
+                   batch_size=settings.teacher_batch_size, max_steps=settings.teacher_max_steps,
+                   img_size=settings.img_size, pretrained=settings.pretrained, device=settings.device,
+                   progress=progress)

@@ -1,0 +1,71 @@
+"""Small helpers every layer uses: console lines, progress bars, eval mode for a while, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def say(enabled: bool, text: str, end: str = "\n") -> None:
+    """Print one status line (flushed at once) when `enabled`; the library's only way to talk."""
+    if enabled:
+        print(text, end=end, flush=True)
+
+
+def progress_bar(items: Iterable, *, enabled: bool, total: int | None = None, desc: str = "", unit: str = "it"):
+    """`items` wrapped in a tqdm.auto bar (a widget in Jupyter, text elsewhere), or unchanged when disabled."""
+    if not enabled:
+        return items
+    return tqdm(items, total=total, desc=desc, unit=unit, leave=False)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules in eval mode for a block, then give each its own training mode back."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def atomic_write(path: str | Path, payload: bytes | str) -> Path:
+    """Write a file so that readers see the old or the new content, never half of it (unique temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = payload.encode() if isinstance(payload, str) else payload
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A unique temporary path beside `path` for writers that need a file name (torch.save, safetensors);
+    it replaces `path` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,98 @@
+"""The package's shape: modules import one way (each only from modules above it, at module level), every
+module imports alone in a fresh interpreter, no function grows past ~60 lines, and nothing cites files
+outside the repository."""
+
+import ast
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tas_lite
+
+PACKAGE = Path(tas_lite.__file__).parent
+ORDER = list(tas_lite.MODULES)
+REPO = PACKAGE.parent
+
+
+def tree(name: str) -> ast.Module:
+    return ast.parse((PACKAGE / f"{name}.py").read_text())
+
+
+def internal_imports(name: str) -> set[str]:
+    """tas_lite modules a module imports (relative `from . import x`, `from .x import y`)."""
+    found = set()
+    for node in ast.walk(tree(name)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_every_module_is_listed_in_import_order():
+    on_disk = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert on_disk == set(ORDER), "tas_lite.MODULES must list every module, in import order"
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_modules_import_only_from_modules_above_them(name):
+    below = set(ORDER[ORDER.index(name) + 1:]) | {name}
+    assert not internal_imports(name) & below, f"{name} imports {internal_imports(name) & below}, which sit below it"
+
+
+@pytest.mark.parametrize("name", [*ORDER, "__main__"])
+def test_all_imports_sit_at_module_level(name):
+    for node in ast.walk(tree(name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not inner, f"{name}.{node.name} imports inside a function (line {inner[0].lineno})"
+
+
+def _fresh(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_each_module_imports_alone_in_a_fresh_interpreter():
+    """One interpreter per module would take a minute; a child per module in one script is the same test."""
+    script = ("import subprocess, sys\n"
+              f"for m in {ORDER + ['__main__']!r}:\n"
+              "    r = subprocess.run([sys.executable, '-c', f'import tas_lite.{m}'], capture_output=True, text=True)\n"
+              "    if r.returncode: print(m, r.stderr[-400:]); sys.exit(1)\n")
+    result = _fresh(script)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_modules_import_in_any_order(order):
+    names = ORDER[::-1] if order == "reversed" else random.Random(0).sample(ORDER, len(ORDER))
+    result = _fresh("; ".join(f"import tas_lite.{m}" for m in names))
+    assert result.returncode == 0, result.stderr[-800:]
+
+
+def test_submodules_are_reachable_from_the_package():
+    result = _fresh("import tas_lite; print(tas_lite.cka.linear.__name__, tas_lite.models.create.__name__)")
+    assert result.stdout.split() == ["linear", "create"], result.stderr[-800:]
+    with pytest.raises(AttributeError, match="submodules: util, config"):
+        tas_lite.nonexistent  # noqa: B018
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1})" for path in PACKAGE.glob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60]
+    assert not long, long
+
+
+def test_the_repository_stands_alone():
+    """No file the repository tracks cites documents that live outside it."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    outside = ("METHOD" + ".md", "DESIGN" + ".md", "NOTEBOOKS" + ".md", "../" + "shared")
+    hits = [f for f in tracked if (REPO / f).is_file() and f.endswith((".py", ".ipynb", ".md", ".toml", ".yml"))
+            and any(word in (REPO / f).read_text(errors="ignore") for word in outside)]
+    assert not hits, f"these files cite documents outside the repository: {hits}"
