@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import bench as bench_module
-from . import config, experiments, profiles, runner
+from . import config, experiments, methods, profiles, runner, tables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,14 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", help="notebooks folder (default: the checkout's notebooks/)")
     run.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
 
-    sweep = commands.add_parser("sweep", help="teacher x student x method x seed runs, aggregated into a table")
+    sweep = commands.add_parser("sweep", help="teacher x student x method x seed runs, aggregated into a table",
+                                epilog="method variants (an ablation is a sweep over variants):\n"
+                                       + methods.variants_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--teachers", nargs="+", help="default: the profile's teacher")
     sweep.add_argument("--students", nargs="+", help="default: the profile's student")
-    sweep.add_argument("--methods", nargs="+", help="default: the profile's methods")
+    sweep.add_argument("--methods", nargs="+", help="default: the profile's methods; variants as method:variant, "
+                                                     "combined with +, e.g. tas:no_nce tas:no_ofa+no_nce")
     sweep.add_argument("--seeds", nargs="+", type=int, help="default: the profile's seeds")
     sweep.add_argument("--profile", choices=names, default="cpu")
     sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
-    sweep.add_argument("--metric", choices=["final_test_acc", "best_val_test_acc"], default="final_test_acc")
+    sweep.add_argument("--metric", choices=list(tables.METRICS), default="final_test_acc")
+    sweep.add_argument("--workers", type=int, default=1, help="configurations trained at once, in separate "
+                                                              "processes sharing the cores (default: 1)")
     sweep.add_argument("--out", help="results folder (default: outputs/sweep/<profile>)")
 
     bench = commands.add_parser("bench", help="measure the speed claims side by side; print and save JSON")
@@ -57,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "sweep":
             settings = profiles.resolve(args.profile, epochs=args.epochs)
             table = experiments.sweep(settings, args.teachers, args.students, args.methods, args.seeds,
-                                      out_dir=args.out, metric=args.metric)
+                                      out_dir=args.out, metric=args.metric, workers=args.workers,
+                                      command="python -m tas_lite " + " ".join(argv or sys.argv[1:]))
             print(table.markdown())
+            print("\nPaired by seed:\n" + table.verdicts_markdown())
         else:
             report = bench_module.bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair,
                                         notebooks=args.notebooks, threads=args.threads, out=args.out)

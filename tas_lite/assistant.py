@@ -229,14 +229,14 @@ def roles(teacher_family: str, student_family: str) -> tuple[str, str]:
 
 
 def build(teacher: nn.Module, student: nn.Module, *, img_size: int = 32, freeze_teacher: bool = True,
-          heads: int | None = None, attn_dim: int | None = None) -> HybridAssistant:
+          heads: int | None = None, attn_dim: int | None = None, l2g_attention: bool = True) -> HybridAssistant:
     """The hybrid assistant for an ordered (teacher, student) pair of any families.
 
     Nothing of the two models is changed. `freeze_teacher` (open in the paper; default True) keeps
     the teacher's shared parts fixed inside the assistant (they run with detached weights), so only
     L2G is new and trainable besides the student's own parts. `attn_dim` defaults to the narrower of
     the two widths L2G joins (keeps it under ~10% of a student's size; `attn_dim=out_dim` is the
-    literal full-width MSA of 4 d^2 parameters).
+    literal full-width MSA of 4 d^2 parameters). `l2g_attention=False` drops L2G's attention block.
     """
     t_classes, s_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
     if t_classes != s_classes:
@@ -251,7 +251,7 @@ def build(teacher: nn.Module, student: nn.Module, *, img_size: int = 32, freeze_
     (c_in, h_in, w_in), (c_out, h_out, w_out) = front_shapes[2], back_shapes[2]  # stage 4 reads stage 3's output
     if h_in != w_in or h_out != w_out:
         raise ValueError(f"L2G joins square grids only, got {h_in}x{w_in} -> {h_out}x{w_out}")
-    attention = not (front.family == "cnn" and back.family == "cnn")
+    attention = l2g_attention and not (front.family == "cnn" and back.family == "cnn")
     l2g = L2G(c_in, h_in, c_out, h_out, heads, window=_receiver_window(back), attn_dim=attn_dim, attention=attention)
     param = next(student.parameters())
     frozen = ("teacher",) if freeze_teacher else ()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import platform
@@ -72,27 +73,60 @@ def _check_img_size(img_size: int) -> None:
         raise ValueError(f"img_size must be an int >= 8, got {img_size!r}")
 
 
-class TensorImages(Dataset):
-    """In-memory images (N, C, H, W) with labels; optional random shift (pad + crop) and flip for training."""
+class RandomAffineBatch:
+    """A random rotation (+-`degrees`), shift (+-`shift` px) and zoom (1 +- `zoom`) per image, applied to
+    a whole (B, C, H, W) batch in one `grid_sample` (per-image transforms cost as much as a training step
+    on 2 cores); uncovered pixels get `fill`. Draws from torch's global RNG, so a seed repeats it."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, shift: int = 0, flip: bool = False):
-        self.images, self.labels = images, labels
-        self.shift, self.flip = shift, flip
+    def __init__(self, degrees: float, shift: float, zoom: float, fill: float = 0.0):
+        self.degrees, self.shift, self.zoom, self.fill = degrees, shift, zoom, fill
+
+    def __repr__(self) -> str:
+        return (f"RandomAffineBatch(degrees={self.degrees}, shift={self.shift}, zoom={self.zoom}, "
+                f"fill={self.fill})")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        angle = (2 * torch.rand(b) - 1) * math.radians(self.degrees)
+        zoom = 1 + (2 * torch.rand(b) - 1) * self.zoom
+        shift = (2 * torch.rand(b, 2) - 1) * self.shift / torch.tensor([w / 2, h / 2])  # normalised coordinates
+        cos, sin = angle.cos() / zoom, angle.sin() / zoom
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+        return F.grid_sample(x - self.fill, grid, align_corners=False, padding_mode="zeros") + self.fill
+
+
+class TensorImages(Dataset):
+    """In-memory images (N, C, H, W) with labels; `batch_transform` augments whole training batches
+    (`loaders` applies it as it collates them)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_transform=None):
+        self.images, self.labels, self.batch_transform = images, labels, batch_transform
         self.classes = sorted(int(c) for c in labels.unique())
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.shift:
-            s = self.shift
-            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
-            padded = F.pad(image, (s, s, s, s), mode="replicate")
-            image = padded[:, dy: dy + image.shape[1], dx: dx + image.shape[2]]
-        if self.flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, int(self.labels[index])
+        return self.images[index], int(self.labels[index])
+
+
+def digits_augment(img_size: int) -> RandomAffineBatch:
+    """Digits' training augmentation: rotation +-10 deg, shift +-2 px at 32 px, zoom 0.9-1.1, background -1.
+    Chosen on the tiny ViT's validation accuracy (40 epochs, seeds 0-1, mean of the last 5 epochs: 98.6%
+    with it, 97.9% with +-2 px shifts only)."""
+    return RandomAffineBatch(degrees=10.0, shift=img_size / 16, zoom=0.1, fill=-1.0)
+
+
+class AugmentingCollate:
+    """Stack (image, label) pairs into a batch, then augment the whole batch at once."""
+
+    def __init__(self, batch_transform):
+        self.batch_transform = batch_transform
+
+    def __call__(self, batch):
+        images, labels = torch.utils.data.default_collate(batch)
+        return self.batch_transform(images), labels
 
 
 def digits_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,8 +145,7 @@ def _digits(split: str, img_size: int, train_aug: bool) -> TensorImages:
     index = test_index if split == "test" else train_index
     images = F.interpolate(images[index], size=(img_size, img_size), mode="bilinear", align_corners=False)
     images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
-    shift = max(1, img_size // 16) if train_aug else 0
-    return TensorImages(images, labels[index], shift=shift)
+    return TensorImages(images, labels[index], batch_transform=digits_augment(img_size) if train_aug else None)
 
 
 def _synthetic(split: str, img_size: int, num_samples: int, classes: int, seed: int) -> TensorImages:
@@ -235,6 +268,15 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
     return CIFAR(base, root, split == "train", image_transform(train_aug, img_size, CIFAR_STATS[base], 32), download)
 
 
+def describe_augmentation(name: str, img_size: int) -> str:
+    """What a dataset's training split does to its images, as text (for a run's fingerprint)."""
+    train = load(name, "train", img_size=img_size) if _check_name(name) in ("digits", "synthetic") else None
+    if train is not None:
+        return repr(train.batch_transform)
+    stats = CIFAR_STATS.get(_check_name(name), IMAGENET_STATS)
+    return repr(image_transform(True, img_size, stats, 32 if name in CIFAR_STATS else None))
+
+
 def default_num_workers(in_memory: bool) -> int:
     """0 for in-memory data and on macOS/Windows (spawned workers are slow to start in notebooks)."""
     if in_memory or platform.system() != "Linux":
@@ -273,8 +315,10 @@ def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: flo
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     eval_bs = eval_batch_size or max(batch_size, 256)
     train_set = Subset(train_full, train_idx)
+    augment = getattr(train_full, "batch_transform", None)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size,
-                              generator=torch.Generator().manual_seed(seed), **common)
+                              generator=torch.Generator().manual_seed(seed),
+                              collate_fn=AugmentingCollate(augment) if augment else None, **common)
     val_loader = DataLoader(Subset(train_plain, val_idx), batch_size=eval_bs, shuffle=False, **common)
     test_loader = DataLoader(test, batch_size=eval_bs, shuffle=False, **common)
     return train_loader, val_loader, test_loader

@@ -25,6 +25,8 @@ from .results import Result
 from .stages import family
 from .util import progress_bar
 
+PROBE_IMAGES = 128  # the fixed validation batch a method measures itself on after each epoch
+
 
 class NonFiniteLoss(RuntimeError):
     """Raised when a loss term turns NaN/inf; the message names epoch, step and term."""
@@ -134,6 +136,7 @@ class Run:
     steps_per_epoch: int
     epochs: int
     step_fn: Any
+    probe: torch.Tensor | None = None  # a fixed batch of validation images for `Method.epoch_metrics`
     last_good: str = "no checkpoint was written"
     best_state: dict[str, torch.Tensor] | None = None
     elapsed: float = 0.0
@@ -162,6 +165,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> methods
     check, backward, clipping, update. `fit` and `bench` both take their steps here."""
     for group in run.optimizer.param_groups:
         group["lr"] = run.recipe.lr_at(step, run.steps_per_epoch, run.epochs)
+    run.impl.on_step(step, run.steps_per_epoch)
     x, y = _to_device(x, y, run.device, run.channels_last)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         out = run.step_fn(x, y)
@@ -215,10 +219,13 @@ def _evaluate_on(run: Run, loader) -> dict[str, float]:
 
 
 def _validate(run: Run, result: Result, row: dict[str, float], val, epoch: int) -> None:
-    """Validation accuracies into the epoch's row; remember the best epoch's student weights."""
+    """Validation accuracies (and the method's own measurements) into the epoch's row; remember the best
+    epoch's student weights."""
     acc = _evaluate_on(run, val)
     row["val_acc"] = acc.pop("student")
     row.update({f"{name}_val_acc": value for name, value in acc.items()})
+    if run.probe is not None:
+        row.update(run.impl.epoch_metrics(run.probe))
     if not row["val_acc"] <= result.best_val_acc:  # also true for the first epoch (nan)
         result.best_val_acc, result.best_epoch = row["val_acc"], epoch + 1
         run.best_state = {k: v.detach().clone() for k, v in run.impl.student.state_dict().items()}
@@ -328,6 +335,7 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
         "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,
         "method_kwargs": method_kwargs or {}})
     run.meta = {"method": name, "run_id": f"{name}|{result.teacher}|{result.student}|seed={seed}|epochs={epochs}"}
+    run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device)
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     first = load_checkpoint(run, result, train, ckpt) if resume and ckpt is not None and ckpt.is_file() else 0
     for epoch in range(first, epochs):

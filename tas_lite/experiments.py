@@ -7,31 +7,62 @@ stopped), then aggregates the folder into a table (`tas_lite.tables`).
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 
 from . import config, data, distill, methods, models, tables, teachers
 from .profiles import Settings
-from .results import Result
+from .results import Result, machine
 from .util import progress_bar, say
+
+# Bump when training changes in a way the fingerprint below cannot see (a loss formula, the loop itself):
+# results made before then are reported stale.
+TRAINING_VERSION = 1
 
 
 def result_name(teacher: str | None, student: str, method: str, seed: int) -> str:
-    """File name of one run's results JSON: what sweeps look for to skip finished configurations."""
-    return f"{teacher or 'none'}__{student}__{method}__seed{seed}.json"
+    """File name of one run's results JSON: what sweeps look for to skip finished configurations.
+    A variant's colon becomes "-" ("tas:no_nce" -> "tas-no_nce"), which every file system accepts."""
+    return f"{teacher or 'none'}__{student}__{method.replace(':', '-')}__seed{seed}.json"
+
+
+def fingerprint(method: str, teacher: str | None, student: str, settings: Settings) -> dict[str, Any]:
+    """Everything a run's numbers depend on besides its seed, as plain values: data, augmentation,
+    schedule, the student's size and optimiser recipe, every method argument (defaults included), the
+    teacher's cache recipe. Two runs with equal fingerprints ran the same recipe; a shipped result whose
+    fingerprint differs from the current code's is stale."""
+    name, _ = methods.parse(method)
+    model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
+    spec = {"training_version": TRAINING_VERSION, "dataset": settings.dataset, "img_size": settings.img_size,
+              "augmentation": data.describe_augmentation(settings.dataset, settings.img_size),
+              "batch_size": settings.batch_size, "epochs": settings.epochs, "max_steps": settings.max_steps,
+              "student": student, "student_parameters": models.count_parameters(model),
+              "recipe": asdict(distill.Recipe.for_student(model, settings.epochs)),
+              "method": method, "method_arguments": methods.arguments(method)}
+    if name != "baseline":
+        spec["teacher"] = teachers.recipe(teacher, settings.dataset, img_size=settings.img_size,
+                                            epochs=settings.teacher_epochs, batch_size=settings.teacher_batch_size,
+                                            max_steps=settings.teacher_max_steps, pretrained=settings.pretrained)
+    return json.loads(json.dumps(spec))  # tuples as lists, exactly as a results JSON stores them
 
 
 def run(method: str, teacher: str | None, student: str, settings: Settings, *, seed: int = 0,
-        out_dir: str | Path | None = None, progress: bool = True,
-        method_kwargs: dict[str, Any] | None = None) -> Result:
+        out_dir: str | Path | None = None, progress: bool = True, method_kwargs: dict[str, Any] | None = None,
+        command: str | None = None) -> Result:
     """One configuration: seeded loaders, the cached teacher, a fresh student, `distill.fit`, results JSON.
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
-    the data order and the validation split.
+    the data order and the validation split. The result carries its fingerprint (`fingerprint`) and
+    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU.
     """
     methods.check(method)
     train, val, test = data.loaders(settings.dataset, batch_size=settings.batch_size, img_size=settings.img_size,
@@ -44,7 +75,10 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
                          method_kwargs=method_kwargs)
     result.teacher = teacher
     result.config.update(profile=settings.profile, dataset=settings.dataset, batch_size=settings.batch_size,
-                         teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None))
+                         teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None),
+                         fingerprint=fingerprint(method, teacher, student, settings), provenance={
+                             **machine(), "command": command or f"experiments.run({method!r}, {teacher!r}, "
+                                                                f"{student!r}, profile {settings.profile!r}, seed={seed})"})
     if out_dir is not None:
         result.save(Path(out_dir) / result_name(teacher, student, method, seed))
     return result
@@ -90,28 +124,29 @@ def configurations(teacher_names: Sequence[str], student_names: Sequence[str], m
 
 def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, student_names: Sequence[str] | None = None,
           method_names: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
-          out_dir: str | Path | None = None, progress: bool = True,
-          metric: str = "final_test_acc") -> tables.SweepTable:
+          out_dir: str | Path | None = None, progress: bool = True, metric: str = "final_test_acc",
+          workers: int = 1, command: str | None = None) -> tables.SweepTable:
     """Run every configuration whose results JSON is missing in `out_dir`, then aggregate the folder.
 
-    Lists left at None take the settings' teacher, student, methods and seeds. Results made with another
-    profile, epoch count, dataset or batch size in the folder are an error (they would silently mix in the
-    table). After changing training code, sweep into a fresh folder: old results are not re-run.
+    Lists left at None take the settings' teacher, student, methods and seeds; methods may be variants
+    ("tas:no_nce"). `workers` > 1 trains that many configurations at once, in separate processes that
+    share the CPU threads (small models use threads poorly, so on few cores one-thread workers finish
+    more runs per hour). A results JSON in the folder made with another recipe (its fingerprint
+    differs) is an error listing the differences, never silently reused.
     """
     runs = configurations(teacher_names or [settings.teacher], student_names or [settings.student],
                           method_names or settings.methods, settings.seeds if seeds is None else seeds)
     tables.check_metric(metric)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
     out = Path(out_dir) if out_dir is not None else default_dir(settings)
-    todo = [r for r in runs if not _finished(out / r.filename, settings)]
+    todo = [r for r in runs if not _finished(out / r.filename, r, settings)]
     say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations, "
                   f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
-    bar = progress_bar(todo, enabled=progress, desc="sweep")
-    for r in bar:
-        if progress:
-            bar.set_description(f"{r.method} {r.teacher or '-'} -> {r.student} seed {r.seed}")
-        result = run(r.method, r.teacher, r.student, settings, seed=r.seed, out_dir=out, progress=False)
-        if progress:
-            bar.write(f"  {r.method:8s} {r.teacher or '-'} -> {r.student} seed {r.seed}: "
+    for name in sorted({r.teacher for r in todo if r.teacher}):  # each teacher trained once, before any worker
+        teachers.from_settings(name, settings, progress=progress)
+    for r, result in _execute(todo, settings, out, workers, progress, command):
+        say(progress, f"  {r.method:8s} {r.teacher or '-'} -> {r.student} seed {r.seed}: "
                       f"{result.final_test_acc:.2f}% test in {result.wall_s:.0f} s")
     table = tables.aggregate(out, metric=metric)
     paths = table.save(out)
@@ -119,16 +154,50 @@ def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, studen
     return table
 
 
-def _finished(path: Path, settings: Settings) -> bool:
-    """True if `path` holds a run of this setup; a run of another setup is an error, never silently reused."""
+def _run_one(r: Configuration, settings: Settings, out: Path, threads: int | None, command: str | None) -> Result:
+    """One configuration of a sweep (in a worker process when `threads` is set)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return run(r.method, r.teacher, r.student, settings, seed=r.seed, out_dir=out, progress=False, command=command)
+
+
+def _execute(todo: list[Configuration], settings: Settings, out: Path, workers: int, progress: bool,
+             command: str | None):
+    """(configuration, result) for each run, in this process or in `workers` spawned processes."""
+    if workers == 1 or len(todo) < 2:
+        for r in progress_bar(todo, enabled=progress, desc="sweep"):
+            yield r, _run_one(r, settings, out, None, command)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [(r, pool.submit(_run_one, r, settings, out, threads, command)) for r in todo]
+        for r, future in progress_bar(futures, enabled=progress, desc="sweep"):
+            yield r, future.result()
+
+
+def _finished(path: Path, r: Configuration, settings: Settings) -> bool:
+    """True if `path` holds this configuration made with today's recipe; a run of another recipe is an
+    error naming what differs, never silently reused."""
     if not path.is_file():
         return False
     done = Result.load(path)
-    have = {"profile": done.config.get("profile"), "epochs": done.epochs, "dataset": done.config.get("dataset"),
-            "batch_size": done.config.get("batch_size")}
-    want = {"profile": settings.profile, "epochs": settings.epochs, "dataset": settings.dataset,
-            "batch_size": settings.batch_size}
-    if have != want:
-        raise ValueError(f"{path} holds a run with {have}, but this sweep asks for {want}; "
-                         f"use another out_dir or delete it")
+    have = done.config.get("fingerprint", {})
+    want = fingerprint(r.method, r.teacher, r.student, settings)
+    differences = describe_differences(have, want)
+    if differences:
+        raise ValueError(f"{path} holds a run of another recipe ({differences}); sweep into another out_dir, "
+                         f"or delete it to train it again")
     return True
+
+
+def describe_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    """"epochs: 10 -> 40; recipe.lr: ..." for every key whose value differs (nested dicts flattened)."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(have), flat(want)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "(none)") != b.get(k, "(none)"))
+    return "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys)

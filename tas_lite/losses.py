@@ -24,7 +24,9 @@ def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.T
 
 
 def _target_mask(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """One-hot (B, C) from integer labels, or a given (B, C) probability target (e.g. mixup)."""
+    """One-hot (B, C) of the target class: from integer labels, or from a (B, C) soft target (mixup,
+    label smoothing) through its argmax, as the OFA authors' code does; a soft target itself as the mask
+    would turn class weights negative for gamma > 1."""
     if target.ndim == 1:
         if target.shape[0] != logits.shape[0]:
             raise ValueError(f"target has {target.shape[0]} labels for a batch of {logits.shape[0]}")
@@ -33,7 +35,7 @@ def _target_mask(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return F.one_hot(target, logits.shape[1]).float()
     if target.shape != logits.shape:
         raise ValueError(f"soft targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-    return target.float()
+    return F.one_hot(target.argmax(1), logits.shape[1]).float()
 
 
 def _positive(name: str, value: float) -> None:
@@ -66,23 +68,36 @@ def ofa(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torc
     return -(weight * F.log_softmax(s / temperature, dim=1)).sum(1).mean()
 
 
-def info_nce(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
-             temperature: float | torch.Tensor = 0.07) -> torch.Tensor:
+NEGATIVES = ("all", "masked")
+
+
+def info_nce(student_feat: torch.Tensor, teacher_feat: torch.Tensor, temperature: float | torch.Tensor = 0.07,
+             *, labels: torch.Tensor | None = None, negatives: str = "all") -> torch.Tensor:
     """InfoNCE with in-batch negatives: each student feature must pick its own teacher feature.
 
-    Features are L2-normalised; logits are cosine similarities / temperature; cross-entropy over
-    the batch with the diagonal as positives.
+    Features are L2-normalised; logits are cosine similarities / temperature; cross-entropy over the
+    batch with the diagonal as positives. `negatives="all"` counts every other image as a negative (the
+    paper's reading); `"masked"` (needs `labels`) leaves out images of the anchor's own class, which
+    otherwise are pushed apart although they should be alike: with C balanced classes an anchor has about
+    (B - 1) / C of them, ~3 at batch 32 on 10 classes.
     """
     if student_feat.ndim != 2 or student_feat.shape != teacher_feat.shape:
         raise ValueError(f"info_nce needs (batch, dim) features of equal shape, got {tuple(student_feat.shape)} "
                          f"and {tuple(teacher_feat.shape)}; project them to a common width first (FeatureProjector)")
     if student_feat.shape[0] < 2:
         raise ValueError("info_nce needs at least 2 examples in the batch (the others are the negatives)")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; allowed: {', '.join(NEGATIVES)}")
     if not torch.is_tensor(temperature):
         _positive("temperature", temperature)
     s = F.normalize(student_feat.float(), dim=1)
     t = F.normalize(teacher_feat.float(), dim=1)
     logits = s @ t.T / temperature
+    if negatives == "masked":
+        if labels is None or labels.shape != (len(s),):
+            raise ValueError("negatives='masked' needs the batch's integer labels (B,): labels=")
+        same = labels[:, None] == labels[None, :]
+        logits = logits.masked_fill(same & ~torch.eye(len(s), dtype=torch.bool, device=s.device), MASK)
     return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
 
 
@@ -155,6 +170,7 @@ class FeatureProjector(nn.Module):
 
 TAS_PAIRS = (("teacher", "student"), ("teacher", "assistant"), ("assistant", "student"))
 SHORT = {"teacher": "t", "student": "s", "assistant": "a"}
+TAS_TERMS = ("ce_s", "ce_a", "nce_ts", "ofa_ts", "nce_ta", "ofa_ta", "nce_as", "ofa_as")
 
 
 class TASLoss(nn.Module):
@@ -163,40 +179,45 @@ class TASLoss(nn.Module):
     Each pair term L(K_x, K_y) = InfoNCE on projected pooled features + OFA on logits, with x
     supervising y. Open choices, made here and switchable: the supervising side is detached
     (`detach_supervisor`), both sides' projectors learn, label cross-entropy (weight 1, label
-    smoothing as the recipe) is added for student and assistant as in OFA's code.
-    Term names: ce_s, ce_a, nce_ts, ofa_ts, nce_ta, ofa_ta, nce_as, ofa_as; `weights` scales any.
+    smoothing as the recipe) is added for student and assistant as in OFA's code, and InfoNCE's
+    negatives (`negatives`, see `info_nce`). Term names: ce_s, ce_a, nce_ts, ofa_ts, nce_ta, ofa_ta,
+    nce_as, ofa_as; `weights` scales any. `forward(..., ramp=r)` scales the assistant -> student terms
+    by r in [0, 1] (a warm-up while the assistant is still untrained).
     """
 
     def __init__(self, dims: Mapping[str, int], *, proj_dim: int = 128, gamma: float = 1.0,
                  ofa_temperature: float = 1.0, nce_temperature: float = 0.07, label_smoothing: float = 0.0,
-                 weights: Mapping[str, float] | None = None, detach_supervisor: bool = True):
+                 weights: Mapping[str, float] | None = None, detach_supervisor: bool = True, negatives: str = "all"):
         super().__init__()
         missing = {"teacher", "student", "assistant"} - set(dims)
         if missing:
             raise ValueError(f"TASLoss needs pooled feature widths for teacher, student and assistant; missing {missing}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"unknown negatives {negatives!r}; allowed: {', '.join(NEGATIVES)}")
         self.projector = FeatureProjector(dims, proj_dim, nce_temperature)
-        self.gamma, self.ofa_temperature = gamma, ofa_temperature
+        self.gamma, self.ofa_temperature, self.negatives = gamma, ofa_temperature, negatives
         self.label_smoothing, self.detach_supervisor = label_smoothing, detach_supervisor
-        names = ["ce_s", "ce_a"] + [f"{k}_{SHORT[x]}{SHORT[y]}" for x, y in TAS_PAIRS for k in ("nce", "ofa")]
-        unknown = set(weights or {}) - set(names)
+        unknown = set(weights or {}) - set(TAS_TERMS)
         if unknown:
-            raise ValueError(f"unknown TAS loss term(s) {sorted(unknown)}; terms are {names}")
-        self.weights = {name: 1.0 for name in names} | dict(weights or {})
+            raise ValueError(f"unknown TAS loss term(s) {sorted(unknown)}; terms are {list(TAS_TERMS)}")
+        self.weights = {name: 1.0 for name in TAS_TERMS} | dict(weights or {})
 
-    def forward(self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], target: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], target: torch.Tensor,
+                ramp: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`outputs[name] = (logits, pooled_feature)` for teacher, student, assistant."""
         terms = {"ce_s": F.cross_entropy(outputs["student"][0].float(), target, label_smoothing=self.label_smoothing),
                  "ce_a": F.cross_entropy(outputs["assistant"][0].float(), target, label_smoothing=self.label_smoothing)}
+        labels = target if target.ndim == 1 else target.argmax(1)
         for sup, rec in TAS_PAIRS:
             (z_x, f_x), (z_y, f_y) = outputs[sup], outputs[rec]
             if self.detach_supervisor:
                 z_x, f_x = z_x.detach(), f_x.detach()
             key = f"{SHORT[sup]}{SHORT[rec]}"
             terms[f"nce_{key}"] = info_nce(self.projector(rec, f_y), self.projector(sup, f_x),
-                                           self.projector.temperature)
+                                           self.projector.temperature, labels=labels, negatives=self.negatives)
             terms[f"ofa_{key}"] = ofa(z_y, z_x, target, self.gamma, self.ofa_temperature)
-        total = sum(self.weights[name] * value for name, value in terms.items())
+        scale = {"nce_as": ramp, "ofa_as": ramp}
+        total = sum(self.weights[name] * scale.get(name, 1.0) * value for name, value in terms.items())
         return total, terms
 
 

@@ -7,18 +7,18 @@ logits), which the shared loop in `tas_lite.distill` optimises.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
-from . import assistant, losses
+from . import assistant, cka, heads, losses
 from .models import input_size
-from .stages import stages, unique_parameters
+from .stages import StageView, stages, unique_parameters
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Method(nn.Module):
         object.__setattr__(self, "s_view", stages(student))
         object.__setattr__(self, "t_view", stages(teacher) if teacher is not None else None)
         self.img_size, self.label_smoothing = img_size, label_smoothing
+        self.epoch_progress = 0.0
+        self.spec = next(n for n, cls in METHODS.items() if cls is type(self))  # `build` adds variants
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
@@ -64,6 +66,15 @@ class Method(nn.Module):
         """Other predictors worth tracking (name -> forward(x) -> logits), e.g. TAS's assistant."""
         return {}
 
+    def on_step(self, step: int, steps_per_epoch: int) -> None:
+        """Told the global step before each training step, for schedules (warm-ups); stateless, so a
+        resumed run schedules exactly as an uninterrupted one."""
+        self.epoch_progress = step / max(1, steps_per_epoch)
+
+    def epoch_metrics(self, probe: torch.Tensor) -> dict[str, float]:
+        """Measurements to log after each epoch on a fixed probe batch (e.g. TAS's feature similarities)."""
+        return {}
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         return self.state_dict()
 
@@ -77,11 +88,12 @@ class Method(nn.Module):
 
 
 class KD(Method):
-    """CE + Hinton KD on logits (T = 4, weight 1)."""
+    """CE + Hinton KD on logits, weight 1. T = 1 as the OFA authors' code runs its KD baseline (their
+    train.py default); `kd:t4` is the T = 4 common in the KD literature."""
 
     needs_teacher = True
 
-    def __init__(self, teacher, student, *, temperature: float = 4.0, weight: float = 1.0, **kw):
+    def __init__(self, teacher, student, *, temperature: float = 1.0, weight: float = 1.0, **kw):
         super().__init__(teacher, student, **kw)
         self.temperature, self.weight = temperature, weight
 
@@ -93,24 +105,22 @@ class KD(Method):
 
 
 class DKD(Method):
-    """CE + decoupled KD (alpha 1, beta 8, T 4), its weight warmed up over the first epochs' steps."""
+    """CE + decoupled KD (alpha 1, beta 8, T 4), its weight ramped up linearly over the first
+    `warmup_epochs` (the DKD paper warms up over 20 of 240 CIFAR epochs)."""
 
     needs_teacher = True
 
     def __init__(self, teacher, student, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup_steps: int = 100, **kw):
+                 warmup_epochs: float = 1.0, **kw):
         super().__init__(teacher, student, **kw)
-        self.alpha, self.beta, self.temperature, self.warmup_steps = alpha, beta, temperature, warmup_steps
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.alpha, self.beta, self.temperature, self.warmup_epochs = alpha, beta, temperature, warmup_epochs
 
     def forward(self, x, y):
         t = self.teacher_logits(x)
         s = self.student(x)
         ce = self.ce(s, y)
         dkd = losses.dkd(s, t, y, self.alpha, self.beta, self.temperature)
-        if self.training:
-            self.steps += 1
-        ramp = min(1.0, float(self.steps) / max(1, self.warmup_steps))
+        ramp = min(1.0, self.epoch_progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
         return Step(ce + ramp * dkd, {"ce": ce.detach(), "dkd": dkd.detach()}, s.detach())
 
 
@@ -156,66 +166,52 @@ class FitNet(Method):
         return Step(ce + self.weight * hint_loss, {"ce": ce.detach(), "hint": hint_loss.detach()}, s.detach())
 
 
-class _ConvBranch(nn.Sequential):
-    """OFA branch for CNN students: depthwise-separable stride-2 convs down to the last grid, pool, fc."""
-
-    def __init__(self, c_in: int, halvings: int, c_out: int, num_classes: int):
-        layers, c = [], c_in
-        for i in range(halvings):
-            nxt = c_out if i == halvings - 1 else min(c * 2, c_out)
-            layers += [nn.Conv2d(c, c, 3, 2, 1, groups=c, bias=False), nn.BatchNorm2d(c),
-                       nn.Conv2d(c, nxt, 1, bias=False), nn.BatchNorm2d(nxt), nn.ReLU(inplace=True)]
-            c = nxt
-        if not halvings:
-            layers += [nn.Conv2d(c, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_out, num_classes))
-
-
-class _TokenBranch(nn.Module):
-    """OFA branch for token students: patch merging to the last grid, one transformer block, pool, fc."""
-
-    def __init__(self, c_in: int, halvings: int, c_out: int, num_classes: int):
-        super().__init__()
-        k = 2**halvings
-        self.merge = nn.Conv2d(c_in, c_out, kernel_size=k, stride=k)
-        self.block = Block(c_out, num_heads=max(1, c_out // 32))
-        self.norm = nn.LayerNorm(c_out)
-        self.fc = nn.Linear(c_out, num_classes)
-
-    def forward(self, m: torch.Tensor) -> torch.Tensor:
-        tokens = self.block(self.merge(m).flatten(2).transpose(1, 2))
-        return self.fc(self.norm(tokens.mean(1)))
+def _tokens(view: StageView, s: torch.Tensor) -> torch.Tensor:
+    """A stage output as (B, prefix + N, C) tokens, whatever the layout."""
+    return view.nchw(s).flatten(2).transpose(1, 2) if view.layout != "tokens" else s
 
 
 class OFA(Method):
-    """CE + OFA loss on the final logits and on logits from small branches after stages 1-3.
+    """CE + OFA loss on the final logits and on logits from a branch after each of `branch_stages`.
 
-    gamma (the code's `ofa_eps`) 1 and T 1 are the authors' code defaults (Hao840/OFAKD train.py)."""
+    Defaults are the authors' (Hao840/OFAKD train.py): branches after stages 1-4 plus the final logits
+    (five OFA terms), gamma (`ofa_eps`) 1, T 1, weight 1; branches as in their code (`tas_lite.heads`).
+    `ofa:s123` is our lighter variant: branches after stages 1-3 only.
+    """
 
     needs_teacher = True
 
     def __init__(self, teacher, student, *, gamma: float = 1.0, temperature: float = 1.0, weight: float = 1.0,
-                 branch_stages: tuple[int, ...] = (1, 2, 3), **kw):
+                 branch_stages: tuple[int, ...] = (1, 2, 3, 4), **kw):
         super().__init__(teacher, student, **kw)
+        if not branch_stages or set(branch_stages) - {1, 2, 3, 4}:
+            raise ValueError(f"branch_stages must be a non-empty subset of 1, 2, 3, 4, got {branch_stages}")
         self.gamma, self.temperature, self.weight = gamma, temperature, weight
-        shapes = self.s_view.shapes(self.img_size)
-        num_classes = student.num_classes
-        kind = _ConvBranch if self.s_view.family == "cnn" else _TokenBranch
-        c_last, g_last = shapes[-1][0], shapes[-1][1]
         self.branch_stages = tuple(branch_stages)
-        self.branches = nn.ModuleList(
-            kind(shapes[i - 1][0], int(math.log2(shapes[i - 1][1] // g_last)), c_last, num_classes)
-            for i in self.branch_stages)
+        self.branches = nn.ModuleList(self._branch(stage) for stage in self.branch_stages)
+        heads.init_weights(self.branches)
+
+    def _branch(self, stage: int) -> nn.Module:
+        shapes = self.s_view.shapes(self.img_size)
+        (c, grid, _), last_grid = shapes[stage - 1], shapes[-1][1]
+        num_classes = self.student.num_classes
+        if self.s_view.family == "cnn":
+            width = max(self.s_view.pooled_dim(self.img_size), self.t_view.pooled_dim(self.img_size))
+            return heads.ConvBranch(c, int(math.log2(grid // last_grid)), width, num_classes)
+        return heads.TokenBranch(c, grid, self.s_view.num_prefix_tokens, self.s_view.pooled_dim(self.img_size),
+                                 max(4 - stage, 1), num_classes)
 
     def forward(self, x, y):
         t = self.teacher_logits(x)
         feats = self.s_view.features(x)
         s = self.s_view.head(feats[-1])
-        terms = {"ce": self.ce(s, y), "ofa4": losses.ofa(s, t, y, self.gamma, self.temperature)}
+        terms = {"ce": self.ce(s, y), "ofa_logits": losses.ofa(s, t, y, self.gamma, self.temperature)}
         for stage, branch in zip(self.branch_stages, self.branches):
-            z = branch(self.s_view.nchw(feats[stage - 1]))
+            view = self.s_view.nchw if self.s_view.family == "cnn" else (lambda f: _tokens(self.s_view, f))
+            z = branch(view(feats[stage - 1]))
             terms[f"ofa{stage}"] = losses.ofa(z, t, y, self.gamma, self.temperature)
-        total = terms["ce"] + self.weight * sum(v for k, v in terms.items() if k != "ce")
+        branch_sum = sum(v for k, v in terms.items() if k not in ("ce", "ofa_logits"))
+        total = terms["ce"] + terms["ofa_logits"] + self.weight * branch_sum
         return Step(total, {k: v.detach() for k, v in terms.items()}, s.detach())
 
 
@@ -223,36 +219,68 @@ class TAS(Method):
     """The hybrid assistant and the three-pair TAS loss (see `tas_lite.losses.TASLoss`).
 
     One step runs the teacher (no grad) and the student once; the assistant starts from the stage-3
-    activation the CNN side already computed, so only L2G and one stage 4 run again.
+    activation the CNN side already computed, so only L2G and one stage 4 run again. Open in the paper,
+    chosen here (and switchable): `negatives` of InfoNCE ("all" in-batch, the paper's reading, or
+    "masked": same-class images left out), `warmup_epochs` over which the assistant -> student terms
+    ramp up from 0 while the assistant is still untrained, and `l2g_attention` (False: L2G is a patch
+    embedding only, the `tas:no_l2g_attn` ablation).
     """
 
     needs_teacher = True
 
     def __init__(self, teacher, student, *, freeze_teacher: bool = True, attn_dim: int | None = None,
-                 proj_dim: int = 128, gamma: float = 1.0, ofa_temperature: float = 1.0, nce_temperature: float = 0.07,
-                 weights: dict[str, float] | None = None, detach_supervisor: bool = True, **kw):
+                 l2g_attention: bool = True, proj_dim: int = 128, gamma: float = 1.0, ofa_temperature: float = 1.0,
+                 nce_temperature: float = 0.07, weights: dict[str, float] | None = None,
+                 detach_supervisor: bool = True, negatives: str = "all", warmup_epochs: float = 0.0, **kw):
         super().__init__(teacher, student, **kw)
         hybrid = assistant.build(teacher, student, img_size=self.img_size, freeze_teacher=freeze_teacher,
-                                 attn_dim=attn_dim)
+                                 attn_dim=attn_dim, l2g_attention=l2g_attention)
         object.__setattr__(self, "assistant", hybrid)  # shares the models' modules: a plain reference
         self.l2g = hybrid.l2g  # the only new modules: registered here, saved with the method
         self.register_parameter("prefix", hybrid.prefix)
+        self.warmup_epochs = warmup_epochs
         dims = {name: view.pooled_dim(self.img_size) for name, view in
                 (("teacher", self.t_view), ("student", self.s_view), ("assistant", hybrid._back))}
         self.criterion = losses.TASLoss(dims, proj_dim=proj_dim, gamma=gamma, ofa_temperature=ofa_temperature,
                                         nce_temperature=nce_temperature, label_smoothing=self.label_smoothing,
-                                        weights=weights, detach_supervisor=detach_supervisor)
+                                        weights=weights, detach_supervisor=detach_supervisor, negatives=negatives)
 
-    def forward(self, x, y):
+    def ramp(self) -> float:
+        """Weight of the assistant -> student terms now: 0 -> 1 linearly over `warmup_epochs`."""
+        return min(1.0, self.epoch_progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
+
+    def outputs(self, x: torch.Tensor) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list, list]:
+        """(logits, pooled feature) of teacher, student and assistant, and the teacher's and student's stages."""
         with torch.no_grad():
             t_feats = self.t_view.features(x)
             t_out = (self.t_view.head(t_feats[-1]), self.t_view.pool(t_feats[-1]))
         s_feats = self.s_view.features(x)
         s_out = (self.s_view.head(s_feats[-1]), self.s_view.pool(s_feats[-1]))
         s3 = s_feats[2] if self.assistant.front_owner == "student" else t_feats[2]
-        a_out = self.assistant.forward_from_stage3(s3)
-        total, terms = self.criterion({"teacher": t_out, "student": s_out, "assistant": a_out}, y)
-        return Step(total, {k: v.detach() for k, v in terms.items()}, s_out[0].detach())
+        return {"teacher": t_out, "student": s_out, "assistant": self.assistant.forward_from_stage3(s3)}, t_feats, s_feats
+
+    def forward(self, x, y):
+        outputs, _, _ = self.outputs(x)
+        total, terms = self.criterion(outputs, y, ramp=self.ramp())
+        return Step(total, {k: v.detach() for k, v in terms.items()}, outputs["student"][0].detach())
+
+    @torch.no_grad()
+    def epoch_metrics(self, probe: torch.Tensor) -> dict[str, float]:
+        """The bridge, measured: unbiased CKA between the pooled features f of teacher (t), assistant (a)
+        and student (s), and between the teacher's and student's stages 1-4, on a fixed probe batch."""
+        was = self.training
+        self.eval()
+        try:
+            outputs, t_feats, s_feats = self.outputs(probe)
+        finally:
+            self.train(was)
+        f = {k: v[1] for k, v in outputs.items()}
+        row = {"cka/t~a": cka.unbiased(f["teacher"], f["assistant"]),
+               "cka/a~s": cka.unbiased(f["assistant"], f["student"]),
+               "cka/t~s": cka.unbiased(f["teacher"], f["student"])}
+        for i, (a, b) in enumerate(zip(t_feats, s_feats), start=1):
+            row[f"cka/t~s/stage{i}"] = cka.unbiased(self.t_view.nchw(a), self.s_view.nchw(b))
+        return row
 
     def trainable_parameters(self):
         return unique_parameters(super().trainable_parameters() + self.assistant.trainable_parameters())
@@ -281,33 +309,94 @@ class TAS(Method):
 METHODS: dict[str, type[Method]] = {"baseline": Method, "kd": KD, "dkd": DKD, "dist": DIST, "fitnet": FitNet,
                                     "ofa": OFA, "tas": TAS}
 
+_NO = {"nce": ("nce_ts", "nce_ta", "nce_as"), "ofa": ("ofa_ts", "ofa_ta", "ofa_as"), "ts": ("nce_ts", "ofa_ts"),
+       "ta": ("nce_ta", "ofa_ta"), "as": ("nce_as", "ofa_as")}
+# method -> variant -> (what it changes, keyword arguments). "tas:no_nce+no_ofa" combines variants.
+VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "kd": {"t4": ("temperature 4 instead of the OFA authors' 1", {"temperature": 4.0})},
+    "ofa": {"s123": ("branches after stages 1-3 only (lighter than the authors' 1-4)", {"branch_stages": (1, 2, 3)})},
+    "tas": {
+        **{f"no_{k}": (f"without the {' and '.join(v)} term{'s' if len(v) > 1 else ''}",
+                       {"weights": dict.fromkeys(v, 0.0)}) for k, v in _NO.items()},
+        "no_l2g_attn": ("L2G without its attention block: a patch embedding only", {"l2g_attention": False}),
+        "paper": ("the paper's reading: all in-batch negatives, no warm-up", {"negatives": "all", "warmup_epochs": 0.0}),
+        "masked": ("InfoNCE without same-class negatives", {"negatives": "masked"}),
+        "warmup": ("assistant -> student terms ramped up over the first 5 epochs", {"warmup_epochs": 5.0}),
+    },
+}
 
-def check(names) -> list[str]:
-    """The method names as a list, or a ValueError naming every unknown one and what is allowed."""
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
-        raise ValueError(f"unknown method(s) {unknown or names}; allowed: {', '.join(METHODS)}")
-    return names
+
+def variants_help() -> str:
+    """Every variant, one per line: `method:variant  what it changes`."""
+    return "\n".join(f"{m}:{v}  {text}" for m, table in VARIANTS.items() for v, (text, _) in table.items())
 
 
-def build(name: str, teacher: nn.Module | None, student: nn.Module, *, img_size: int | None = None,
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """("tas", kwargs) from "tas:no_nce+no_ofa": a method name, then variants joined by "+"."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a method is named by a string, got {spec!r}; allowed: {', '.join(METHODS)}")
+    name, colon, rest = spec.partition(":")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; allowed: {', '.join(METHODS)}")
+    table = VARIANTS.get(name, {})
+    kwargs: dict[str, Any] = {}
+    for variant in rest.split("+") if colon else []:
+        if variant not in table:
+            allowed = ", ".join(f"{name}:{v}" for v in table) or "none"
+            raise ValueError(f"{name!r} has no variant {variant!r} (in {spec!r}); its variants: {allowed}")
+        for key, value in table[variant][1].items():
+            kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
+    return name, kwargs
+
+
+def arguments(spec: str) -> dict[str, Any]:
+    """Every keyword argument a method spec trains with: the class defaults, then its variants' changes
+    (what a result's fingerprint records, so a changed default makes old results stale)."""
+    name, variant_kwargs = parse(spec)
+    defaults = {}
+    for cls in METHODS[name].__mro__:
+        if cls is nn.Module or not issubclass(cls, Method):
+            continue
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("img_size", "label_smoothing"):
+                defaults.setdefault(p.name, p.default)
+    merged = {**defaults, **variant_kwargs}
+    if "weights" in variant_kwargs:
+        merged["weights"] = {**(defaults.get("weights") or {}), **variant_kwargs["weights"]}
+    return merged
+
+
+def check(specs) -> list[str]:
+    """The method specs as a list, every one valid (name and variants), or one ValueError naming them."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise ValueError(f"no method given; allowed: {', '.join(METHODS)} (variants: method:variant)")
+    for spec in specs:
+        parse(spec)
+    return specs
+
+
+def build(spec: str, teacher: nn.Module | None, student: nn.Module, *, img_size: int | None = None,
           **kwargs) -> Method:
-    """Instantiate a registered method for this teacher and student; unknown names and arguments are
-    ValueErrors. `img_size=None`: the size the student was built for (`models.input_size`)."""
-    check(name)
+    """Instantiate a method ("kd", or a variant such as "tas:no_nce") for this teacher and student;
+    unknown names and arguments are ValueErrors. `img_size=None`: the size the student was built for."""
+    name, variant_kwargs = parse(spec)
     size = img_size or input_size(student) or (input_size(teacher) if teacher is not None else None)
     if size is None:
         raise ValueError("cannot tell the input size of these models; pass img_size=")
+    merged = {**variant_kwargs, **kwargs}
+    if "weights" in variant_kwargs and "weights" in kwargs:
+        merged["weights"] = {**variant_kwargs["weights"], **kwargs["weights"]}
     try:
-        return METHODS[name](teacher, student, img_size=size, **kwargs)
+        method = METHODS[name](teacher, student, img_size=size, **merged)
     except TypeError as err:
         raise ValueError(f"bad arguments for method {name!r}: {err}") from err
+    method.spec = spec
+    return method
 
 
 def method_name(method: Method) -> str:
-    """The registry name of a method instance."""
-    for name, cls in METHODS.items():
-        if type(method) is cls:
-            return name
-    raise ValueError(f"{type(method).__name__} is not a registered method; registered: {', '.join(METHODS)}")
+    """The name a method instance was built by, variants included ("tas:no_nce")."""
+    if type(method) not in METHODS.values():
+        raise ValueError(f"{type(method).__name__} is not a registered method; registered: {', '.join(METHODS)}")
+    return method.spec

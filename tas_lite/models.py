@@ -1,8 +1,9 @@
 """Model zoo: tiny CPU models built from timm's own classes and registered in timm, plus any timm name.
 
 Every tiny model runs at 32 px and has one member per family the paper uses. CNNs keep full
-resolution in stage 1 (grids 32, 16, 8, 4); ViT/Mixer/ResMLP use 4 px patches (an 8x8 grid, the
-same as the CNNs' stage 3); Swin uses 2 px patches (grids 16, 8, 4, 2). Being registered, they are
+resolution in stage 1 (grids 32, 16, 8, 4); the ViT uses 8 px patches (a 4x4 grid, like the CNNs'
+stage 4), Mixer/ResMLP 4 px patches (an 8x8 grid, like the CNNs' stage 3); Swin uses 2 px patches
+(grids 16, 8, 4, 2). Being registered, they are
 built by `timm.create_model("tiny_vit", num_classes=10)` as well as by `create`.
 """
 
@@ -50,10 +51,12 @@ def _tiny_convnext(num_classes: int, img_size: int, **kwargs) -> nn.Module:
 
 
 def _tiny_vit(num_classes: int, img_size: int, **kwargs) -> nn.Module:
-    # 6 blocks of width 96 (DeiT-T's head width, 32 per head): a 12-block, width-64 variant reached only
-    # ~44% validation accuracy on digits in our recipe study, this one 73/79% (seeds 0/1, 10 epochs);
-    # depth slows a from-scratch ViT on small data.
-    return VisionTransformer(img_size=img_size, patch_size=4, num_classes=num_classes, embed_dim=96, depth=6,
+    # 6 blocks of width 96 (DeiT-T's head width, 32 per head); 8 px patches, a 4x4 grid: one token per
+    # 2x2 pixels of the 8x8 digit. In our recipe study (digits, 40 epochs, affine augmentation, seeds 0-2)
+    # 8 px patches reached 98.2% validation accuracy (mean of the last 5 epochs) against 98.5% for 4 px
+    # patches, within one validation image, at a third of the step time; a 12-block, width-64 variant
+    # trained far slower (~44% after 10 epochs). Depth and tokens slow a from-scratch ViT on small data.
+    return VisionTransformer(img_size=img_size, patch_size=8, num_classes=num_classes, embed_dim=96, depth=6,
                              num_heads=3, mlp_ratio=4.0, **kwargs)
 
 
@@ -77,7 +80,7 @@ TINY: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
     "tiny_resnet": (_tiny_resnet, 8, "cnn"),
     "tiny_mobilenetv2": (_tiny_mobilenetv2, 8, "cnn"),
     "tiny_convnext": (_tiny_convnext, 8, "cnn"),
-    "tiny_vit": (_tiny_vit, 4, "vit"),
+    "tiny_vit": (_tiny_vit, 8, "vit"),
     "tiny_swin": (_tiny_swin, 16, "swin"),
     "tiny_mixer": (_tiny_mixer, 4, "mlp"),
     "tiny_resmlp": (_tiny_resmlp, 4, "mlp"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import plots
+from . import plots, stats
 from .methods import METHODS
 from .models import TINY, tiny_family
 from .results import Result
@@ -35,10 +35,23 @@ PAPER_TEACHERS = {"Swin-T": 89.26, "ViT-S": 92.04}
 METHOD_LABELS = {"baseline": "Baseline", "kd": "KD", "dkd": "DKD", "dist": "DIST", "fitnet": "FitNet", "crd": "CRD",
                  "ofa": "OFA", "tas": "TAS"}
 METRICS = {"final_test_acc": "test accuracy after the last epoch",
-           "best_val_test_acc": "test accuracy of the best-validation epoch"}
+           "best_val_test_acc": "test accuracy of the best-validation epoch",
+           "final_val_acc": "validation accuracy after the last epoch"}
+# The comparisons a sweep's verdicts report: every method against KD, KD against the baseline, TAS against OFA.
+VERDICT_PAIRS = (("kd", "baseline"), ("tas", "ofa"))
 _ORDER = list(METHODS) + ["crd"]
 
 
+def method_order(spec: str) -> tuple[int, str]:
+    """Columns in registry order, each method's variants right after it ("tas", "tas:no_nce", ...)."""
+    base = spec.split(":", 1)[0]
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), spec)
+
+
+def label(spec: str) -> str:
+    """A column's label: "TAS", "TAS:no_nce"."""
+    base, _, variant = spec.partition(":")
+    return METHOD_LABELS.get(base, base) + (f":{variant}" if variant else "")
 
 
 def check_metric(metric: str) -> None:
@@ -61,6 +74,7 @@ class SweepTable:
     count: pd.DataFrame | None = None
     teacher_acc: dict[str, float] = field(default_factory=dict)
     caption: str = ""
+    values: pd.DataFrame | None = None  # one row per (row, seed), one column per method: the paired data
 
     @property
     def best(self) -> pd.Series:
@@ -76,19 +90,41 @@ class SweepTable:
             text += f" ± {self.std.at[row, method]:.{digits}f}"
         return text
 
-    def difference(self, row: str, a: str, b: str) -> tuple[float, float]:
-        """Mean of `a` minus mean of `b` in one row, with the standard error of that difference
-        (sqrt(std_a^2 / n_a + std_b^2 / n_b); nan with a single seed or a quoted table)."""
-        diff = float(self.mean.at[row, a] - self.mean.at[row, b])
-        if self.std is None or self.count is None:
-            return diff, math.nan
-        var = sum(self.std.at[row, m] ** 2 / self.count.at[row, m] for m in (a, b))
-        return diff, float(math.sqrt(var))
+    def paired(self, row: str, a: str, b: str) -> stats.Comparison:
+        """`a` minus `b` in one row, paired by seed over the seeds both have, with a 95% t-interval."""
+        if self.values is None:
+            raise ValueError("a quoted table has no per-seed values to compare")
+        both = self.values.loc[row, [a, b]].dropna()
+        return stats.paired(both[a].tolist(), both[b].tolist(), (label(a), label(b)))
+
+    def comparisons(self, pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+        """Paired comparisons per row: every method against KD, KD against the baseline, TAS against OFA
+        (those present), or `pairs`; columns mean, low, high, n, verdict."""
+        columns = list(self.mean.columns)
+        if pairs is None:
+            pairs = [(m, "kd") for m in columns if m not in ("kd", "baseline")] + list(VERDICT_PAIRS)
+        records = []
+        for row in self.mean.index:
+            for a, b in pairs:
+                if a in columns and b in columns and self.count.at[row, a] and self.count.at[row, b]:
+                    c = self.paired(row, a, b)
+                    records.append({"pair": row, "comparison": f"{c.a} - {c.b}", "mean": c.mean, "low": c.low,
+                                    "high": c.high, "n": c.n, "verdict": c.verdict})
+        return pd.DataFrame.from_records(records, columns=["pair", "comparison", "mean", "low", "high", "n", "verdict"])
+
+    def verdicts_markdown(self) -> str:
+        """The comparisons as a Markdown table: difference, 95% interval, seeds, verdict in words."""
+        lines = ["| Teacher -> Student | comparison | difference (points) | 95% CI | seeds | verdict |",
+                 "|---|---|---|---|---|---|"]
+        for r in self.comparisons().itertuples():
+            interval = "-" if r.n < 2 else f"{r.low:+.2f} to {r.high:+.2f}"
+            lines.append(f"| {r.pair} | {r.comparison} | {r.mean:+.2f} | {interval} | {r.n} | {r.verdict} |")
+        return "\n".join(lines)
 
     def markdown(self) -> str:
         """The table in Markdown, best per row in bold, a teacher column when known, caption below."""
         columns = list(self.mean.columns)
-        head = ["Teacher -> Student"] + (["Teacher"] if self.teacher_acc else []) + [METHOD_LABELS.get(c, c)
+        head = ["Teacher -> Student"] + (["Teacher"] if self.teacher_acc else []) + [label(c)
                                                                                    for c in columns]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.mean.index:
@@ -117,7 +153,7 @@ class SweepTable:
 
     def figure(self, title: str | None = None):
         """Accuracy per method, one panel per pair (mean +- std), teacher accuracy as a dashed line."""
-        panels = {row: {METHOD_LABELS.get(c, c): (self.mean.at[row, c], 0.0 if self.std is None or pd.isna(
+        panels = {row: {label(c): (self.mean.at[row, c], 0.0 if self.std is None or pd.isna(
             self.std.at[row, c]) else self.std.at[row, c]) for c in self.mean.columns if not pd.isna(self.mean.at[row, c])}
             for row in self.mean.index}
         return plots.method_accuracy(panels, title=title or "Student top-1 accuracy by method",
@@ -129,8 +165,12 @@ class SweepTable:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"md": folder / f"{stem}.md", "csv": folder / f"{stem}.csv", "png": folder / f"{stem}.png"}
-        paths["md"].write_text(self.markdown() + "\n")
+        verdicts = f"\n\nPaired by seed:\n\n{self.verdicts_markdown()}" if self.values is not None else ""
+        paths["md"].write_text(self.markdown() + verdicts + "\n")
         self.to_frame().to_csv(paths["csv"], float_format="%.4f")
+        if self.values is not None:
+            paths["comparisons"] = folder / f"{stem}_comparisons.csv"
+            self.comparisons().to_csv(paths["comparisons"], index=False, float_format="%.4f")
         fig = self.figure()
         fig.savefig(paths["png"], dpi=120)
         plt.close(fig)
@@ -171,7 +211,7 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
                      "teacher_acc": r.config.get("teacher_test_acc")} for row in rows]
     frame = pd.DataFrame.from_records(records)
     grouped = frame.groupby(["row", "method"])["acc"]
-    columns = sorted(frame["method"].unique(), key=_ORDER.index)
+    columns = sorted(frame["method"].unique(), key=method_order)
     shape = lambda s: s.unstack("method").reindex(columns=columns)  # noqa: E731
     mean, std, count = shape(grouped.mean()), shape(grouped.std(ddof=1)), shape(grouped.count()).fillna(0).astype(int)
     teacher_acc = frame[frame.method != "baseline"].dropna(subset=["teacher_acc"]).groupby("row")["teacher_acc"].mean()
@@ -180,7 +220,8 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
     caption = (f"Top-1 {METRICS[metric]} (%), mean ± std over seeds {', '.join(map(str, seeds))} "
                f"(n = {count.max().max()} per cell at most); best per row in bold. "
                f"Profile {profile}, {epochs} epochs.")
-    return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption)
+    values = frame.pivot_table(index=["row", "seed"], columns="method", values="acc").reindex(columns=columns)
+    return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption, values)
 
 
 def paper_table() -> SweepTable:
@@ -198,7 +239,7 @@ def gains_over(table: SweepTable, reference: str = "kd") -> dict[str, float]:
     if reference not in table.mean.columns:
         raise ValueError(f"reference method {reference!r} is not in the table; columns: {list(table.mean.columns)}")
     diff = table.mean.sub(table.mean[reference], axis=0).drop(columns=[reference])
-    return {METHOD_LABELS.get(c, c): float(diff[c].mean()) for c in diff.columns if diff[c].notna().any()}
+    return {label(c): float(diff[c].mean()) for c in diff.columns if diff[c].notna().any()}
 
 
 

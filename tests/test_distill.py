@@ -125,7 +125,7 @@ def test_results_json_round_trips(tmp_path):
 def test_clear_errors_for_bad_calls(tmp_path):
     teacher, student = pair()
     train, val, _ = synthetic_loaders()
-    with pytest.raises(ValueError, match=r"unknown method\(s\) \['crd'\]; allowed: baseline, kd"):
+    with pytest.raises(ValueError, match=r"unknown method 'crd' in 'crd'; allowed: baseline, kd"):
         distill.fit("crd", teacher, student, train, val, epochs=1)
     with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 10"):
         distill.fit("kd", models.create("tiny_resnet", num_classes=5), student, train, val, epochs=1)
@@ -186,3 +186,70 @@ def test_bench_times_the_same_train_step_as_fit(monkeypatch):
     monkeypatch.setattr(distill, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
     bench.step_times(["kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=2, warmup=1)
     assert len(calls) == 3
+
+
+def test_ofa_defaults_are_the_authors_and_match_their_parameter_counts():
+    """Branches after stages 1-4 plus the final logits; the added parameters equal those measured on the
+    authors' code (Hao840/OFAKD) at 224 px, 100 classes: 1.19M for ViT-S -> ResNet18, 3.78M for
+    ConvNeXt-T -> DeiT-T."""
+    for (t, s), expected in {("vit_small_patch16_224", "resnet18"): 1.19,
+                             ("convnext_tiny", "deit_tiny_patch16_224"): 3.78}.items():
+        ofa = methods.build("ofa", models.create(t, num_classes=100), models.create(s, num_classes=100))
+        assert ofa.branch_stages == (1, 2, 3, 4)
+        assert round(models.count_parameters(ofa) / 1e6, 2) == expected
+        if s.startswith("deit"):
+            assert [len(b.blocks) for b in ofa.branches] == [3, 2, 1, 1]  # the authors' ViT branch depths
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    light = methods.build("ofa:s123", teacher, student)
+    assert light.branch_stages == (1, 2, 3) and light.spec == "ofa:s123"
+    out = light(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert set(out.terms) == {"ce", "ofa_logits", "ofa1", "ofa2", "ofa3"}
+
+
+def test_kd_temperature_is_the_authors_and_t4_is_a_variant():
+    teacher, student = pair()
+    assert methods.build("kd", teacher, student).temperature == 1.0
+    assert methods.build("kd:t4", teacher, student).temperature == 4.0
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("tas:nonce", r"'tas' has no variant 'nonce'.*tas:no_nce"),
+    ("kd:no_nce", r"'kd' has no variant 'no_nce'.*its variants: kd:t4"),
+    ("baseline:no_nce", r"its variants: none"),
+    ("crd", r"unknown method 'crd'.*allowed: baseline"),
+    ("tas:", r"has no variant ''"),
+])
+def test_unknown_variants_are_rejected_with_the_allowed_list(spec, match):
+    with pytest.raises(ValueError, match=match):
+        methods.check(["kd", spec])
+
+
+def test_variants_change_what_they_say():
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    no_ta = methods.build("tas:no_ta", teacher, student)
+    assert no_ta.criterion.weights["nce_ta"] == no_ta.criterion.weights["ofa_ta"] == 0.0
+    assert no_ta.criterion.weights["nce_ts"] == 1.0
+    both = methods.build("tas:no_nce+no_ofa", teacher, student)
+    assert all(w == 0.0 for k, w in both.criterion.weights.items() if not k.startswith("ce"))
+    assert methods.build("tas:no_l2g_attn", teacher, student).l2g.attn is None
+    assert methods.build("tas:masked", teacher, student).criterion.negatives == "masked"
+
+
+def test_tas_warm_up_ramps_the_assistant_terms_over_epochs():
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    tas = methods.build("tas", teacher, student, warmup_epochs=2.0)
+    ramps = []
+    for step in (0, 10, 20, 40, 80):
+        tas.on_step(step, steps_per_epoch=20)
+        ramps.append(tas.ramp())
+    assert ramps == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert methods.build("tas", teacher, student).ramp() == 1.0
+
+
+def test_tas_history_carries_the_bridge_measurements():
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    train, val, _ = synthetic_loaders()
+    result = distill.fit("tas", teacher, student, train, val, epochs=1, max_steps=1, progress=False)
+    row = result.history[0]
+    assert {"cka/t~a", "cka/a~s", "cka/t~s", "cka/t~s/stage1", "cka/t~s/stage4"} <= set(row)
+    assert all(-1.0 <= row[k] <= 1.0 + 1e-9 for k in row if k.startswith("cka/"))

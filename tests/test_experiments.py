@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from tas_lite import experiments, profiles, tables
+from tas_lite import experiments, profiles, stats, tables
 from tas_lite.experiments import result_name
 from tas_lite.results import Result
 
@@ -79,10 +79,11 @@ def test_configurations_run_baseline_once_per_student():
 def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(method, teacher, student, settings, *, seed, out_dir, progress):
+    def fake_run(method, teacher, student, settings, *, seed, out_dir, progress, command=None):
         calls.append((method, teacher, student, seed))
         result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=settings.profile,
                              epochs=settings.epochs, batch_size=settings.batch_size)
+        result.config["fingerprint"] = experiments.fingerprint(method, teacher, student, settings)
         result.save(out_dir / result_name(teacher, student, method, seed))
         return result
 
@@ -98,7 +99,7 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
     (tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
     experiments.sweep(smoke, **kwargs)
     assert calls[6:] == [("tas", "tiny_convnext", "tiny_vit", 1)]
-    with pytest.raises(ValueError, match="holds a run with .'profile': 'smoke'"):
+    with pytest.raises(ValueError, match=r"holds a run of another recipe \(epochs: 1 -> 40"):
         experiments.sweep(profiles.resolve("cpu"), **kwargs)
 
 
@@ -117,3 +118,67 @@ def test_paper_reference():
     assert label == "ConvNeXt-T -> DeiT-T (same families)" and row["tas"] == 79.57
     assert tables.paper_reference("swin_tiny_patch4_window7_224", "resnet18")[1]["baseline"] == 74.01
     assert experiments.default_dir(profiles.resolve("cpu")).parts[-2:] == ("sweep", "cpu")
+
+
+def test_paired_comparisons_use_seeds_and_a_t_interval():
+    """KD - baseline paired by seed: +5, +6, +7 has mean 6, sd 1, so the 95% t-interval (t = 4.303, 2 df)
+    is 6 +- 2.484: 'better'. An unpaired standard error would be far wider here."""
+    table = tables.aggregate(fabricated())
+    row = "tiny_convnext -> tiny_vit"
+    c = table.paired(row, "kd", "baseline")
+    assert (c.mean, c.n) == (pytest.approx(6.0), 3)
+    assert c.low == pytest.approx(6 - 4.302653 / math.sqrt(3), abs=1e-5) and c.verdict == "better"
+    worse = table.paired("tiny_resnet -> tiny_vit", "tas", "baseline")  # 79-85, 80-86, 78-87: -6, -6, -9
+    assert worse.verdict == "worse" and worse.high < 0
+    noise = stats.paired([1.0, -1.0, 0.5], [0.0, 0.0, 0.0], ("x", "y"))
+    assert noise.verdict == "within noise" and noise.low < 0 < noise.high
+    one = stats.paired([1.0], [0.0])
+    assert one.verdict == "one seed: no verdict" and "no interval" in one.sentence()
+    frame = table.comparisons()
+    assert set(frame["comparison"]) == {"TAS - KD", "KD - Baseline"}  # no OFA in this table
+    assert "| tiny_convnext -> tiny_vit | KD - Baseline | +6.00 |" in table.verdicts_markdown()
+
+
+def test_stats_match_scipys_paired_t_test():
+    from scipy import stats as scipy_stats
+
+    a, b = [97.2, 98.1, 96.5, 99.0, 97.7], [96.0, 97.9, 95.1, 98.2, 97.0]
+    c = stats.paired(a, b)
+    d = [x - y for x, y in zip(a, b)]
+    interval = scipy_stats.t.interval(0.95, len(d) - 1, loc=sum(d) / len(d), scale=scipy_stats.sem(d))
+    assert (c.low, c.high) == pytest.approx(interval)
+    assert (c.low > 0) == (scipy_stats.ttest_rel(a, b).pvalue < 0.05 and sum(d) > 0)
+
+
+def test_results_carry_fingerprint_and_provenance_and_stale_ones_are_named(tmp_path):
+    smoke = profiles.resolve("smoke")
+    result = experiments.run("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
+                             command="python -m tas_lite sweep --profile smoke")
+    prov = result.config["provenance"]
+    assert prov["command"] == "python -m tas_lite sweep --profile smoke"
+    assert {"git_commit", "date", "torch", "threads", "cpu"} <= set(prov)
+    config = Result.load(tmp_path / result_name("tiny_resnet", "tiny_vit", "kd", 0)).config
+    assert config["fingerprint"] == experiments.fingerprint("kd", "tiny_resnet", "tiny_vit", smoke)
+    assert config["fingerprint"]["method_arguments"]["temperature"] == 1.0
+    changed = experiments.describe_differences(config["fingerprint"],
+                                               experiments.fingerprint("kd:t4", "tiny_resnet", "tiny_vit", smoke))
+    assert "method_arguments.temperature: 1.0 -> 4.0" in changed
+
+
+def test_sweep_rejects_bad_methods_and_workers_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    smoke = profiles.resolve("smoke")
+    with pytest.raises(ValueError, match="'tas' has no variant 'no_foo'"):
+        experiments.sweep(smoke, method_names=["kd", "tas:no_foo"], out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        experiments.sweep(smoke, method_names=["kd"], out_dir=tmp_path, progress=False, workers=0)
+
+
+@pytest.mark.slow
+def test_sweep_with_two_workers_writes_each_result_once(tmp_path):
+    smoke = profiles.resolve("smoke", seeds=[0, 1])
+    table = experiments.sweep(smoke, method_names=["baseline", "kd:t4"], out_dir=tmp_path, progress=False, workers=2)
+    files = sorted(p.name for p in tmp_path.glob("*__seed*.json"))
+    assert files == sorted(result_name(t, "tiny_vit", m, s) for m, t in (("baseline", None), ("kd:t4", "tiny_convnext"))
+                           for s in (0, 1))
+    assert list(table.mean.columns) == ["baseline", "kd:t4"] and table.count.values.min() == 2

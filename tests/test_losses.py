@@ -162,3 +162,46 @@ def test_tas_loss_weights_and_learnable_temperature():
     assert abs(crit.projector.temperature.item() - 0.07) < 1e-6
     with pytest.raises(ValueError, match="unknown TAS loss term"):
         losses.TASLoss({"teacher": 2, "student": 2, "assistant": 2}, weights={"nce_xy": 1.0})
+
+
+def test_info_nce_masked_leaves_same_class_negatives_out_float64():
+    """Reference: for each anchor, logsumexp over its positive and the other-class candidates only."""
+    g = torch.Generator().manual_seed(4)
+    fs, ft = torch.randn(B, 32, generator=g), torch.randn(B, 32, generator=g)
+    y = torch.randint(0, 4, (B,), generator=g)
+    a = fs.double() / fs.double().norm(dim=1, keepdim=True)
+    b = ft.double() / ft.double().norm(dim=1, keepdim=True)
+    sim = a @ b.T / 0.07
+    keep = (y[:, None] != y[None, :]) | torch.eye(B, dtype=torch.bool)
+    ref = -torch.stack([sim[i, i] - sim[i][keep[i]].logsumexp(0) for i in range(B)]).mean()
+    masked = losses.info_nce(fs, ft, 0.07, labels=y, negatives="masked")
+    assert torch.allclose(masked.double(), ref, rtol=1e-5)
+    assert masked < losses.info_nce(fs, ft, 0.07)  # fewer negatives: a lower loss
+    distinct = torch.arange(B)  # every image its own class: nothing to mask
+    assert torch.allclose(losses.info_nce(fs, ft, 0.07, labels=distinct, negatives="masked"), losses.info_nce(fs, ft, 0.07))
+    with pytest.raises(ValueError, match="needs the batch's integer labels"):
+        losses.info_nce(fs, ft, negatives="masked")
+    with pytest.raises(ValueError, match="allowed: all, masked"):
+        losses.info_nce(fs, ft, negatives="queue")
+
+
+def test_ofa_with_soft_labels_masks_the_argmax_class_as_the_authors_code_does(logits):
+    """Mixup/label-smoothing targets: the mask is one_hot(argmax(target)), never the soft label itself;
+    with the soft label as mask, gamma 1.5 turns class weights negative."""
+    s, t, y = logits
+    soft = 0.7 * torch.nn.functional.one_hot(y, C).float() + 0.3 / C
+    assert torch.allclose(losses.ofa(s, t, soft, gamma=1.5), losses.ofa(s, t, y, gamma=1.5))
+    p_t = torch.softmax(t.double(), 1)
+    wrong = (p_t + soft.double()) ** 1.5 - soft.double()
+    assert (wrong < 0).any(), "the soft label as mask would give negative weights (why the argmax matters)"
+
+
+def test_tas_loss_ramps_only_the_assistant_to_student_terms():
+    crit = losses.TASLoss({"teacher": 24, "student": 16, "assistant": 24})
+    out, y = _tas_outputs(), torch.randint(0, C, (B,))
+    full, terms = crit(out, y, ramp=1.0)
+    half, _ = crit(out, y, ramp=0.5)
+    assert torch.allclose(full - half, 0.5 * (terms["nce_as"] + terms["ofa_as"]), atol=1e-5)
+    masked = losses.TASLoss({"teacher": 24, "student": 16, "assistant": 24}, negatives="masked")
+    _, masked_terms = masked(out, y)
+    assert not torch.allclose(masked_terms["nce_ts"], terms["nce_ts"]) or len(set(y.tolist())) == B
