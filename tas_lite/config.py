@@ -52,6 +52,11 @@ def outputs_dir() -> Path:
     return path
 
 
+def results_dir() -> Path:
+    """The reference results that ship with the repository (`<repo>/results`; only in a checkout)."""
+    return REPO_DIR / "results"
+
+
 def notebooks_dir() -> Path:
     """The numbered notebooks of the course (only present in a checkout)."""
     return REPO_DIR / "notebooks"

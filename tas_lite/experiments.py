@@ -19,7 +19,7 @@ from typing import Any
 import timm
 import torch
 
-from . import config, data, distill, methods, models, tables, teachers
+from . import config, data, distill, methods, models, profiles, tables, teachers
 from .profiles import Settings
 from .results import Result, machine
 from .util import progress_bar, say
@@ -49,9 +49,9 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
               "recipe": asdict(distill.Recipe.for_student(model, settings.epochs)),
               "method": method, "method_arguments": methods.arguments(method)}
     if name != "baseline":
-        spec["teacher"] = teachers.recipe(teacher, settings.dataset, img_size=settings.img_size,
-                                            epochs=settings.teacher_epochs, batch_size=settings.teacher_batch_size,
-                                            max_steps=settings.teacher_max_steps, pretrained=settings.pretrained)
+        spec["teacher"] = {"name": teacher, "epochs": settings.teacher_epochs, "batch_size": settings.teacher_batch_size,
+                           "max_steps": settings.teacher_max_steps, "pretrained": settings.pretrained,
+                           "recipe_version": teachers.RECIPE_VERSION}
     return json.loads(json.dumps(spec))  # tuples as lists, exactly as a results JSON stores them
 
 
@@ -76,6 +76,7 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
     result.teacher = teacher
     result.config.update(profile=settings.profile, dataset=settings.dataset, batch_size=settings.batch_size,
                          teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None),
+                         teacher_train_seconds=(t_model.tas_lite_info.get("train_seconds") if t_model is not None else None),
                          fingerprint=fingerprint(method, teacher, student, settings), provenance={
                              **machine(), "command": command or f"experiments.run({method!r}, {teacher!r}, "
                                                                 f"{student!r}, profile {settings.profile!r}, seed={seed})"})
@@ -201,3 +202,18 @@ def describe_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
     a, b = flat(have), flat(want)
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "(none)") != b.get(k, "(none)"))
     return "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys)
+
+
+def stale(folder: str | Path) -> list[str]:
+    """One line per results JSON in `folder` whose recipe is not the current code's for its profile
+    (fingerprint differences listed, and the command that makes it again); [] when all are current."""
+    lines = []
+    for path in sorted(Path(folder).glob("*__*__*__seed*.json")):
+        r = Result.load(path)
+        settings = profiles.resolve(r.config.get("profile", "cpu"))
+        differences = describe_differences(r.config.get("fingerprint", {}),
+                                           fingerprint(r.method, r.teacher, r.student, settings))
+        if differences:
+            command = r.config.get("provenance", {}).get("command", "python -m tas_lite sweep ...")
+            lines.append(f"stale: {path.name} ({differences}); make it again with: {command}")
+    return lines

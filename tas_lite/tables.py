@@ -31,6 +31,8 @@ PAPER_TABLE: dict[tuple[str, str], dict[str, float]] = {
     ("ConvNeXt-T", "ResMLP-S12"): {"kd": 72.25, "fitnet": 45.47, "crd": 63.35, "ofa": 75.21, "tas": 78.03},
 }
 PAPER_BASELINES = {"ResNet18": 74.01}  # students trained without a teacher
+# The paper's ablation (same source, CIFAR-100, Swin-T -> ResNet18), as TAS variants of tas_lite.
+PAPER_ABLATION = {"tas": 81.61, "tas:no_ta": 25.57, "tas:no_nce": 80.95, "tas:no_ofa": 77.91}
 PAPER_TEACHERS = {"Swin-T": 89.26, "ViT-S": 92.04}
 METHOD_LABELS = {"baseline": "Baseline", "kd": "KD", "dkd": "DKD", "dist": "DIST", "fitnet": "FitNet", "crd": "CRD",
                  "ofa": "OFA", "tas": "TAS"}
@@ -112,11 +114,11 @@ class SweepTable:
                                     "high": c.high, "n": c.n, "verdict": c.verdict})
         return pd.DataFrame.from_records(records, columns=["pair", "comparison", "mean", "low", "high", "n", "verdict"])
 
-    def verdicts_markdown(self) -> str:
-        """The comparisons as a Markdown table: difference, 95% interval, seeds, verdict in words."""
+    def verdicts_markdown(self, frame: pd.DataFrame | None = None) -> str:
+        """Comparisons (default: `comparisons()`) as a Markdown table: difference, 95% interval, seeds, verdict."""
         lines = ["| Teacher -> Student | comparison | difference (points) | 95% CI | seeds | verdict |",
                  "|---|---|---|---|---|---|"]
-        for r in self.comparisons().itertuples():
+        for r in (self.comparisons() if frame is None else frame).itertuples():
             interval = "-" if r.n < 2 else f"{r.low:+.2f} to {r.high:+.2f}"
             lines.append(f"| {r.pair} | {r.comparison} | {r.mean:+.2f} | {interval} | {r.n} | {r.verdict} |")
         return "\n".join(lines)
@@ -272,3 +274,15 @@ def paper_reference(teacher: str, student: str) -> tuple[str, dict[str, float]]:
         if (PAPER_FAMILIES[t], PAPER_FAMILIES[s]) == (fam(teacher), fam(student)):
             return f"{t} -> {s} (same families)", with_baseline(t, s)
     return "none (the paper has no pair of these families)", {}
+
+
+def expected_seconds(results: Sequence[Result], specs: Sequence[str], epochs: int) -> float | None:
+    """What training `specs` for `epochs` each should take on the machine that made `results` (their
+    median seconds per epoch, scaled); None when a spec has no reference run."""
+    total = 0.0
+    for spec in specs:
+        per_epoch = sorted(r.wall_s / r.epochs for r in results if r.method == spec and r.epochs)
+        if not per_epoch:
+            return None
+        total += per_epoch[len(per_epoch) // 2] * epochs
+    return total

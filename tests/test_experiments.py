@@ -46,8 +46,10 @@ def test_aggregate_mean_std_and_best(tmp_path):
     csv = pd.read_csv(paths["csv"], index_col="pair")
     assert csv.at[row, "best"] == "tas" and csv.at[row, "kd_std"] == pytest.approx(2.0) and csv.at[row, "kd_n"] == 3
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
-    diff, stderr = table.difference(row, "tas", "kd")
-    assert diff == pytest.approx(4.0) and stderr == pytest.approx(math.sqrt(1 / 3 + 4 / 3))
+    paired = table.paired(row, "tas", "kd")  # +5, +4, +3 over seeds 0-2
+    assert paired.mean == pytest.approx(4.0) and paired.n == 3
+    assert (paths["md"].read_text().count("| tiny_convnext -> tiny_vit | TAS - KD | +4.00 |") == 1
+            and paths["comparisons"].is_file())
     best_val = tables.aggregate(fabricated(), metric="best_val_test_acc")
     assert best_val.mean.at[row, "tas"] == pytest.approx(95.0)
 

@@ -175,4 +175,4 @@ def test_img_size_defaults_to_the_models_own():
     deit = models.create("deit_tiny_patch16_224", num_classes=100)
     assert deit.patch_embed.grid_size == (14, 14) and models.input_size(deit) == 224
     assert models.input_size(models.create("tiny_vit", num_classes=10)) == 32
-    assert models.create("tiny_vit", num_classes=10, img_size=64).patch_embed.grid_size == (16, 16)
+    assert models.create("tiny_vit", num_classes=10, img_size=64).patch_embed.grid_size == (8, 8)

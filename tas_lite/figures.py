@@ -1,0 +1,141 @@
+"""Figures of distillation runs (notebooks 05 and 06): the TAS diagram, the bridge measured over epochs,
+every loss term over epochs, and paired comparisons with their 95% intervals."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .plots import FAMILY_COLORS, SOURCE_COLORS
+
+PAIR_COLORS = {"ts": "#4c72b0", "ta": "#dd8452", "as": "#55a868", "ce": "#7f7f7f"}
+PAIR_NAMES = {"ts": "teacher -> student", "ta": "teacher -> assistant", "as": "assistant -> student",
+              "ce": "labels"}
+VERDICT_COLORS = {"better": "#2ca02c", "worse": "#d62728", "within noise": "#7f7f7f", "one seed: no verdict": "#bbbbbb"}
+
+
+def tas_diagram(names: dict[str, str], assistant_text: str, *, title: str):
+    """Teacher, assistant and student as boxes; an arrow per TAS pair term, from the supervising model to
+    the one it teaches, each labelled with its two losses."""
+    fig, ax = plt.subplots(figsize=(8.2, 3.9), constrained_layout=True)
+    boxes = {"teacher": (0.0, 1.6), "student": (6.0, 1.6), "assistant": (3.0, 0.0)}
+    colors = {"teacher": SOURCE_COLORS["teacher"], "student": SOURCE_COLORS["student"],
+              "assistant": FAMILY_COLORS["assistant"]}
+    for role, (x, y) in boxes.items():
+        ax.add_patch(FancyBboxPatch((x, y), 2.0, 0.9, boxstyle="round,pad=0.05", fc=colors[role], ec="black", lw=0.8))
+        text = f"{role}\n{names[role]}" if role != "assistant" else f"assistant\n{assistant_text}"
+        ax.text(x + 1.0, y + 0.45, text, ha="center", va="center", color="white", fontsize=9, weight="bold")
+    arrows = [("teacher", "student", (2.0, 2.05), (6.0, 2.05), "L(K_t, K_s)"),
+              ("teacher", "assistant", (1.2, 1.6), (3.2, 0.9), "L(K_t, K_a)"),
+              ("assistant", "student", (4.8, 0.9), (6.8, 1.6), "L(K_a, K_s)")]
+    for _, _, start, end, label in arrows:
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=16, lw=1.6, color="black"))
+        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        ax.text(mx, my + 0.12, f"{label}\nInfoNCE(f) + OFA(p)", ha="center", va="bottom", fontsize=8,
+                bbox=dict(fc="white", ec="none", alpha=0.85))
+    ax.set_xlim(-0.3, 8.3)
+    ax.set_ylim(-0.3, 3.0)
+    ax.axis("off")
+    ax.set_title(title + "\n(arrows: supervisor -> learner; plus label cross-entropy for student and assistant)",
+                 fontsize=10)
+    return fig
+
+
+def bridge(history: list[dict], *, title: str):
+    """Left: unbiased CKA of the pooled features, teacher~assistant, assistant~student and teacher~student,
+    per epoch. Right: teacher~student CKA of each of the four stages, per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    for key, label, color in (("cka/t~a", "teacher ~ assistant", PAIR_COLORS["ta"]),
+                              ("cka/a~s", "assistant ~ student", PAIR_COLORS["as"]),
+                              ("cka/t~s", "teacher ~ student", PAIR_COLORS["ts"])):
+        left.plot(epochs, [row[key] for row in history], "o-", ms=3, color=color, label=label)
+    for stage in range(1, 5):
+        right.plot(epochs, [row[f"cka/t~s/stage{stage}"] for row in history], "o-", ms=3,
+                   color=plt.cm.viridis(stage / 5), label=f"stage {stage}")
+    left.set(title="pooled features f", xlabel="epoch", ylabel="CKA (linear, unbiased)")
+    right.set(title="teacher ~ student, stage by stage", xlabel="epoch", ylabel="CKA (linear, unbiased)")
+    for ax in (left, right):
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def loss_terms_over_epochs(history: list[dict], *, title: str):
+    """Every TAS loss term's epoch mean on a log scale, coloured by the pair it belongs to; solid InfoNCE,
+    dashed OFA, dotted cross-entropy."""
+    epochs = [row["epoch"] for row in history]
+    terms = [k.split("/", 1)[1] for k in history[0] if k.startswith("loss/")]
+    fig, ax = plt.subplots(figsize=(7.2, 3.8), constrained_layout=True)
+    for term in terms:
+        kind, pair = term.split("_")
+        pair = pair if pair in PAIR_COLORS else "ce"
+        style = {"nce": "-", "ofa": "--", "ce": ":"}[kind]
+        who = {"s": "student", "a": "assistant"}.get(pair, PAIR_NAMES[pair]) if kind == "ce" else PAIR_NAMES[pair]
+        ax.plot(epochs, [row[f"loss/{term}"] for row in history], style, color=PAIR_COLORS[pair] if kind != "ce"
+                else ("#555555" if term == "ce_s" else "#aaaaaa"), label=f"{term} ({kind}, {who})")
+    ax.set_yscale("log")
+    ax.set(title=title, xlabel="epoch", ylabel="training loss, epoch mean (nats, log scale)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def comparisons(frame: pd.DataFrame, *, title: str, reference: dict[str, float] | None = None,
+                reference_label: str = "paper"):
+    """Paired differences (points) with their 95% t-intervals as error bars, one row per comparison,
+    coloured by verdict; the zero line is "no difference". `reference` adds a value per comparison label
+    (e.g. the paper's, which has no interval) as a grey diamond."""
+    rows = frame.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.4, 0.42 * len(rows) + 1.4), constrained_layout=True)
+    labelled = False
+    for k, r in rows.iterrows():
+        if reference and r["comparison"] in reference:
+            ax.plot(reference[r["comparison"]], k, "D", color="#888888", ms=6,
+                    label=None if labelled else f"{reference_label} (one number, no interval)")
+            labelled = True
+        color = VERDICT_COLORS.get(r["verdict"], "black")
+        err = None if r["n"] < 2 else [[r["mean"] - r["low"]], [r["high"] - r["mean"]]]
+        ax.errorbar(r["mean"], k, xerr=err, fmt="o", color=color, capsize=4, ms=6)
+        ax.annotate(f"{r['mean']:+.2f} ({r['verdict']})", (r["mean"], k), xytext=(0, 7), textcoords="offset points",
+                    ha="center", fontsize=7, color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['pair']}: {r['comparison']}" if rows["pair"].nunique() > 1 else r["comparison"]
+                        for _, r in rows.iterrows()], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.4, -0.7)
+    ax.set(title=title, xlabel="difference in top-1 accuracy (points), paired by seed, 95% t-interval")
+    ax.grid(axis="y", visible=False)
+    if labelled:
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def ablation(ours: dict[str, tuple[float, float]], paper: dict[str, float], *, title: str):
+    """Left: our accuracy per TAS variant (mean with +-std bars); right: the paper's ablation; the full
+    method dashed in each, so each panel reads as 'what removing a part costs'."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    names = list(ours)
+    means = np.array([ours[n][0] for n in names])
+    stds = np.nan_to_num(np.array([ours[n][1] for n in names]))
+    left.bar(range(len(names)), means, yerr=stds, capsize=4, color=FAMILY_COLORS["assistant"])
+    left.set_xticks(range(len(names)))
+    left.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    low = np.nanmin(means - stds)
+    left.set_ylim(max(0.0, low - max(2.0, 0.2 * (100 - low))), 100)
+    left.set(title="ours (mean ± std over seeds)", ylabel="student top-1 test accuracy (%)")
+    right.bar(range(len(paper)), list(paper.values()), color="#999999")
+    right.set_xticks(range(len(paper)))
+    right.set_xticklabels(list(paper), rotation=30, ha="right", fontsize=8)
+    right.set(title="paper (CIFAR-100, Swin-T -> ResNet18)", ylabel="student top-1 accuracy (%)")
+    for ax, full in ((left, means[0]), (right, next(iter(paper.values())))):
+        if not math.isnan(full):
+            ax.axhline(full, ls="--", color="black", lw=0.8, label=f"full TAS: {full:.2f}")
+            ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    return fig
