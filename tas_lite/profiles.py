@@ -24,6 +24,7 @@ class Settings:
     demo_epochs: int             # student epochs of notebook 05's own runs (a shorter schedule on 2 cores)
     max_steps: int | None        # cap on student steps per epoch (smoke runs), None: whole epochs
     teacher_epochs: int          # epochs of a cached teacher (from scratch, or fine-tuning when pretrained)
+    analysis_epochs: int         # epochs of the models notebooks 01-03 look inside (trained, not necessarily best)
     teacher_batch_size: int
     teacher_max_steps: int | None
     pretrained: bool             # teachers start from timm's ImageNet weights
@@ -53,7 +54,7 @@ class Settings:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 1, "demo_epochs": 1, "max_steps": 4,
-        "teacher_epochs": 2, "teacher_batch_size": 32, "teacher_max_steps": 4, "pretrained": False,
+        "teacher_epochs": 2, "analysis_epochs": 2, "teacher_batch_size": 32, "teacher_max_steps": 4, "pretrained": False,
         "cka_examples": 128, "probe_images": 8, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0], "assistant_pairs": [["tiny_vit", "tiny_resnet"]], "train_steps": 3,
@@ -61,7 +62,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10, "max_steps": None,
-        "teacher_epochs": 20, "teacher_batch_size": 32, "teacher_max_steps": None, "pretrained": False,
+        "teacher_epochs": 40, "analysis_epochs": 10, "teacher_batch_size": 32, "teacher_max_steps": None,
+        "pretrained": False,
         "cka_examples": 512, "probe_images": 32, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "fitnet", "ofa", "tas"],
         "seeds": [0, 1, 2, 3, 4],
@@ -71,7 +73,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
         "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "demo_epochs": 300,
         "max_steps": None,
-        "teacher_epochs": 10, "teacher_batch_size": 128, "teacher_max_steps": None, "pretrained": True,
+        "teacher_epochs": 10, "analysis_epochs": 10, "teacher_batch_size": 128, "teacher_max_steps": None,
+        "pretrained": True,
         "cka_examples": 2048, "probe_images": 64, "cnn": "resnet50", "vit": "vit_small_patch16_224",
         "mlp": "mixer_b16_224", "teacher": "convnext_tiny", "student": "deit_tiny_patch16_224",
         "methods": ["baseline", "kd", "ofa", "tas"], "seeds": [0, 1, 2],

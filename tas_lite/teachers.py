@@ -99,9 +99,10 @@ def prepare(name: str, dataset: str = "digits", *, seed: int = 0, epochs: int = 
     return teacher.eval()
 
 
-def from_settings(name: str, settings, *, seed: int = 0, progress: bool = True) -> nn.Module:
-    """`prepare` with a profile's resolved teacher knobs (`profiles.resolve(...)`)."""
-    return prepare(name, settings.dataset, seed=seed, epochs=settings.teacher_epochs,
+def from_settings(name: str, settings, *, seed: int = 0, epochs: int | None = None, progress: bool = True) -> nn.Module:
+    """`prepare` with a profile's resolved teacher knobs (`profiles.resolve(...)`); `epochs` overrides
+    `settings.teacher_epochs` (e.g. `settings.analysis_epochs` for the models notebooks 01-03 look inside)."""
+    return prepare(name, settings.dataset, seed=seed, epochs=epochs or settings.teacher_epochs,
                    batch_size=settings.teacher_batch_size, max_steps=settings.teacher_max_steps,
                    img_size=settings.img_size, pretrained=settings.pretrained, device=settings.device,
                    progress=progress)

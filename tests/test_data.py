@@ -39,7 +39,8 @@ def test_loaders_carve_val_without_augmentation():
     x, y = next(iter(train))
     assert x.shape == (32, 3, 32, 32) and y.shape == (32,)
     assert train.drop_last and len(val.dataset) == round(0.1 * 1438)
-    assert not val.dataset.dataset.shift  # evaluation images are not shifted
+    assert val.dataset.dataset.batch_transform is None and val.collate_fn is not train.collate_fn
+    assert train.dataset.dataset.batch_transform is not None  # training batches are augmented as collated
     v1 = torch.cat([b[0] for b in val])
     v2 = torch.cat([b[0] for b in data.loaders("digits", batch_size=32, seed=0)[1]])
     assert torch.equal(v1, v2)
@@ -134,3 +135,18 @@ def test_imagefolder(tmp_path):
     assert len(ds) == 4 and ds[0][0].shape == (3, 32, 32) and ds.classes == ["cat", "dog"]
     with pytest.raises(ValueError, match="does not exist"):
         data.load(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def test_batch_affine_is_identity_at_zero_and_seeded():
+    images = data.load("digits", "train", augment=False).images[:8]
+    assert torch.equal(data.RandomAffineBatch(0.0, 0.0, 0.0, fill=-1.0)(images), images)
+    augment = data.digits_augment(32)
+    torch.manual_seed(1)
+    a = augment(images)
+    torch.manual_seed(1)
+    assert torch.equal(a, augment(images)) and not torch.equal(a, images)
+    assert a.min() >= -1.0 - 1e-6 and a.max() <= images.max() + 1e-6  # background stays -1, no overshoot
+    shifted = data.RandomAffineBatch(0.0, 2.0, 0.0, fill=-1.0)
+    torch.manual_seed(2)
+    moved = shifted(images)
+    assert not torch.equal(moved, images) and torch.allclose(moved.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.2)
