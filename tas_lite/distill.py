@@ -333,6 +333,7 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
     result = Result(name, model_name(impl.teacher), model_name(impl.student), seed, epochs, config={
         "recipe": asdict(recipe), "device": str(run.device), "amp": str(run.amp_dtype), "img_size": img_size,
         "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,
+        "val_images": len(val.dataset) if hasattr(val, "dataset") else None,
         "method_kwargs": method_kwargs or {}})
     run.meta = {"method": name, "run_id": f"{name}|{result.teacher}|{result.student}|seed={seed}|epochs={epochs}"}
     run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.ticker import FormatStrFormatter
 
 from .plots import FAMILY_COLORS, SOURCE_COLORS
 
@@ -21,24 +22,23 @@ VERDICT_COLORS = {"better": "#2ca02c", "worse": "#d62728", "within noise": "#7f7
 def tas_diagram(names: dict[str, str], assistant_text: str, *, title: str):
     """Teacher, assistant and student as boxes; an arrow per TAS pair term, from the supervising model to
     the one it teaches, each labelled with its two losses."""
-    fig, ax = plt.subplots(figsize=(8.2, 3.9), constrained_layout=True)
-    boxes = {"teacher": (0.0, 1.6), "student": (6.0, 1.6), "assistant": (3.0, 0.0)}
+    fig, ax = plt.subplots(figsize=(9.0, 4.4), constrained_layout=True)
+    boxes = {"teacher": (0.0, 2.2, 2.2), "student": (6.8, 2.2, 2.2), "assistant": (2.7, 0.0, 3.6)}  # x, y, width
     colors = {"teacher": SOURCE_COLORS["teacher"], "student": SOURCE_COLORS["student"],
               "assistant": FAMILY_COLORS["assistant"]}
-    for role, (x, y) in boxes.items():
-        ax.add_patch(FancyBboxPatch((x, y), 2.0, 0.9, boxstyle="round,pad=0.05", fc=colors[role], ec="black", lw=0.8))
+    for role, (x, y, w) in boxes.items():
+        ax.add_patch(FancyBboxPatch((x, y), w, 1.0, boxstyle="round,pad=0.05", fc=colors[role], ec="black", lw=0.8))
         text = f"{role}\n{names[role]}" if role != "assistant" else f"assistant\n{assistant_text}"
-        ax.text(x + 1.0, y + 0.45, text, ha="center", va="center", color="white", fontsize=9, weight="bold")
-    arrows = [("teacher", "student", (2.0, 2.05), (6.0, 2.05), "L(K_t, K_s)"),
-              ("teacher", "assistant", (1.2, 1.6), (3.2, 0.9), "L(K_t, K_a)"),
-              ("assistant", "student", (4.8, 0.9), (6.8, 1.6), "L(K_a, K_s)")]
-    for _, _, start, end, label in arrows:
+        ax.text(x + w / 2, y + 0.5, text, ha="center", va="center", color="white", fontsize=8.5, weight="bold")
+    arrows = [((2.25, 2.7), (6.75, 2.7), (4.5, 2.78), "center"),
+              ((1.1, 2.15), (3.2, 1.05), (1.3, 1.35), "right"),
+              ((5.8, 1.05), (7.9, 2.15), (7.7, 1.35), "left")]
+    labels = ["L(K_t, K_s)", "L(K_t, K_a)", "L(K_a, K_s)"]
+    for (start, end, where, align), label in zip(arrows, labels):
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=16, lw=1.6, color="black"))
-        mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
-        ax.text(mx, my + 0.12, f"{label}\nInfoNCE(f) + OFA(p)", ha="center", va="bottom", fontsize=8,
-                bbox=dict(fc="white", ec="none", alpha=0.85))
-    ax.set_xlim(-0.3, 8.3)
-    ax.set_ylim(-0.3, 3.0)
+        ax.text(*where, f"{label}\nInfoNCE(f) + OFA(p)", ha=align, va="bottom", fontsize=8)
+    ax.set_xlim(-0.3, 9.3)
+    ax.set_ylim(-0.3, 3.5)
     ax.axis("off")
     ax.set_title(title + "\n(arrows: supervisor -> learner; plus label cross-entropy for student and assistant)",
                  fontsize=10)
@@ -74,12 +74,15 @@ def loss_terms_over_epochs(history: list[dict], *, title: str):
     fig, ax = plt.subplots(figsize=(7.2, 3.8), constrained_layout=True)
     for term in terms:
         kind, pair = term.split("_")
-        pair = pair if pair in PAIR_COLORS else "ce"
-        style = {"nce": "-", "ofa": "--", "ce": ":"}[kind]
-        who = {"s": "student", "a": "assistant"}.get(pair, PAIR_NAMES[pair]) if kind == "ce" else PAIR_NAMES[pair]
-        ax.plot(epochs, [row[f"loss/{term}"] for row in history], style, color=PAIR_COLORS[pair] if kind != "ce"
-                else ("#555555" if term == "ce_s" else "#aaaaaa"), label=f"{term} ({kind}, {who})")
+        if kind == "ce":
+            color, who = ("#555555", "labels -> student") if pair == "s" else ("#aaaaaa", "labels -> assistant")
+        else:
+            color, who = PAIR_COLORS[pair], PAIR_NAMES[pair]
+        style = {"nce": "o-", "ofa": "s--", "ce": "^:"}[kind]
+        ax.plot(epochs, [row[f"loss/{term}"] for row in history], style, ms=3, color=color, label=f"{term}: {who}")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
     ax.set(title=title, xlabel="epoch", ylabel="training loss, epoch mean (nats, log scale)")
     ax.legend(fontsize=7, ncol=2)
     return fig

@@ -286,3 +286,24 @@ def expected_seconds(results: Sequence[Result], specs: Sequence[str], epochs: in
             return None
         total += per_epoch[len(per_epoch) // 2] * epochs
     return total
+
+
+def convergence(results: Sequence[Result], window: int = 5) -> pd.DataFrame:
+    """Has each method stopped learning? Per method: the change of validation accuracy from the mean of
+    epochs [-2w, -w) to the mean of the last w epochs (mean over seeds), against the seed-to-seed std of
+    that last-w mean. "converged" when the change is no larger than the seed noise (or than one
+    validation image, when the runs record how many they were scored on)."""
+    records = []
+    for r in results:
+        val = [row["val_acc"] for row in r.history]
+        if len(val) >= 2 * window:
+            last, before = sum(val[-window:]) / window, sum(val[-2 * window:-window]) / window
+            records.append({"method": r.method, "last": last, "change": last - before})
+    if not records:
+        raise ValueError(f"no run has the {2 * window} epochs of history a convergence check needs")
+    frame = pd.DataFrame.from_records(records)
+    out = frame.groupby("method").agg(change=("change", "mean"), seed_std=("last", "std"), seeds=("last", "size"))
+    images = min((r.config.get("val_images") or 0 for r in results), default=0)
+    one_image = 100.0 / images if images else 0.0
+    out["converged"] = out["change"].abs() <= out["seed_std"].fillna(0).clip(lower=one_image)
+    return out.reindex(sorted(out.index, key=method_order))

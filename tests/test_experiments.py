@@ -184,3 +184,17 @@ def test_sweep_with_two_workers_writes_each_result_once(tmp_path):
     assert files == sorted(result_name(t, "tiny_vit", m, s) for m, t in (("baseline", None), ("kd:t4", "tiny_convnext"))
                            for s in (0, 1))
     assert list(table.mean.columns) == ["baseline", "kd:t4"] and table.count.values.min() == 2
+
+
+def test_convergence_compares_the_last_epochs_change_with_seed_noise():
+    def run(method, seed, curve):
+        return Result(method, "t", "s", seed, len(curve), history=[{"epoch": i + 1, "val_acc": v} for i, v in
+                                                                     enumerate(curve)], config={"val_images": 100})
+    flat = [run("kd", s, [50.0] * 5 + [90.0 + s] * 10) for s in range(3)]          # plateaued: change 0
+    rising = [run("tas", s, [50.0 + 4 * e for e in range(10)]) for s in range(3)]   # +20 points per 5 epochs
+    table = tables.convergence(flat + rising)
+    assert table.loc["kd", "converged"] and table.loc["kd", "change"] == 0.0
+    assert table.loc["kd", "seed_std"] == pytest.approx(1.0)
+    assert not table.loc["tas", "converged"] and table.loc["tas", "change"] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="10 epochs of history"):
+        tables.convergence([run("kd", 0, [1.0, 2.0])])
