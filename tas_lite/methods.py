@@ -220,10 +220,14 @@ class TAS(Method):
 
     One step runs the teacher (no grad) and the student once; the assistant starts from the stage-3
     activation the CNN side already computed, so only L2G and one stage 4 run again. Open in the paper,
-    chosen here (and switchable): `negatives` of InfoNCE ("all" in-batch, the paper's reading, or
-    "masked": same-class images left out), `warmup_epochs` over which the assistant -> student terms
-    ramp up from 0 while the assistant is still untrained, and `l2g_attention` (False: L2G is a patch
-    embedding only, the `tas:no_l2g_attn` ablation).
+    chosen here (and switchable): `negatives` of InfoNCE ("masked": same-class images left out, or "all"
+    in-batch, the paper's reading: `tas:paper`), `warmup_epochs` over which the assistant -> student
+    terms ramp up from 0 while the assistant is still untrained, and `l2g_attention` (False: L2G is a
+    patch embedding only, the `tas:no_l2g_attn` ablation).
+
+    The defaults were chosen on validation accuracy (digits, tiny_convnext -> tiny_vit, 40 epochs, mean of
+    the last 5 epochs, seeds 0-2): masked negatives 99.72% (99.72 / 99.44 / 100.0), all negatives 99.31%
+    (100.0 / 98.61 / 99.31); a 5-epoch warm-up did not help (100.0 / 97.22 with all negatives).
     """
 
     needs_teacher = True
@@ -231,7 +235,7 @@ class TAS(Method):
     def __init__(self, teacher, student, *, freeze_teacher: bool = True, attn_dim: int | None = None,
                  l2g_attention: bool = True, proj_dim: int = 128, gamma: float = 1.0, ofa_temperature: float = 1.0,
                  nce_temperature: float = 0.07, weights: dict[str, float] | None = None,
-                 detach_supervisor: bool = True, negatives: str = "all", warmup_epochs: float = 0.0, **kw):
+                 detach_supervisor: bool = True, negatives: str = "masked", warmup_epochs: float = 0.0, **kw):
         super().__init__(teacher, student, **kw)
         hybrid = assistant.build(teacher, student, img_size=self.img_size, freeze_teacher=freeze_teacher,
                                  attn_dim=attn_dim, l2g_attention=l2g_attention)
@@ -319,8 +323,8 @@ VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         **{f"no_{k}": (f"without the {' and '.join(v)} term{'s' if len(v) > 1 else ''}",
                        {"weights": dict.fromkeys(v, 0.0)}) for k, v in _NO.items()},
         "no_l2g_attn": ("L2G without its attention block: a patch embedding only", {"l2g_attention": False}),
-        "paper": ("the paper's reading: all in-batch negatives, no warm-up", {"negatives": "all", "warmup_epochs": 0.0}),
-        "masked": ("InfoNCE without same-class negatives", {"negatives": "masked"}),
+        "paper": ("the paper's reading: every other in-batch image is an InfoNCE negative, same class or not",
+                  {"negatives": "all"}),
         "warmup": ("assistant -> student terms ramped up over the first 5 epochs", {"warmup_epochs": 5.0}),
     },
 }

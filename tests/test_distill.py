@@ -214,6 +214,7 @@ def test_kd_temperature_is_the_authors_and_t4_is_a_variant():
 
 @pytest.mark.parametrize("spec, match", [
     ("tas:nonce", r"'tas' has no variant 'nonce'.*tas:no_nce"),
+    ("tas:masked", r"'tas' has no variant 'masked'.*tas:paper"),
     ("kd:no_nce", r"'kd' has no variant 'no_nce'.*its variants: kd:t4"),
     ("baseline:no_nce", r"its variants: none"),
     ("crd", r"unknown method 'crd'.*allowed: baseline"),
@@ -232,7 +233,8 @@ def test_variants_change_what_they_say():
     both = methods.build("tas:no_nce+no_ofa", teacher, student)
     assert all(w == 0.0 for k, w in both.criterion.weights.items() if not k.startswith("ce"))
     assert methods.build("tas:no_l2g_attn", teacher, student).l2g.attn is None
-    assert methods.build("tas:masked", teacher, student).criterion.negatives == "masked"
+    assert methods.build("tas", teacher, student).criterion.negatives == "masked"  # chosen on validation
+    assert methods.build("tas:paper", teacher, student).criterion.negatives == "all"  # the paper's reading
 
 
 def test_tas_warm_up_ramps_the_assistant_terms_over_epochs():
