@@ -7,6 +7,9 @@ stopped), then aggregates the folder into a table (`tas_lite.tables`).
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ import timm
 from . import config, data, distill, methods, models, tables, teachers
 from .profiles import Settings
 from .results import Result
-from .util import progress_bar, say
+from .util import check_writable, progress_bar, say
 
 
 def result_name(teacher: str | None, student: str, method: str, seed: int) -> str:
@@ -31,9 +34,12 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
     """One configuration: seeded loaders, the cached teacher, a fresh student, `distill.fit`, results JSON.
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
-    the data order and the validation split.
+    the data order and the validation split. Names, seed and `out_dir`'s writability are checked
+    before anything trains.
     """
-    methods.check(method)
+    configurations([teacher] if teacher else [], [student], [method], [seed])
+    if out_dir is not None:
+        check_writable(out_dir, "choose another out_dir (--out), or fix its permissions")
     train, val, test = data.loaders(settings.dataset, batch_size=settings.batch_size, img_size=settings.img_size,
                                     seed=seed)
     t_model = None if method == "baseline" else teachers.from_settings(teacher, settings, progress=progress)
@@ -101,7 +107,8 @@ def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, studen
     runs = configurations(teacher_names or [settings.teacher], student_names or [settings.student],
                           method_names or settings.methods, settings.seeds if seeds is None else seeds)
     tables.check_metric(metric)
-    out = Path(out_dir) if out_dir is not None else default_dir(settings)
+    out = check_writable(out_dir if out_dir is not None else default_dir(settings),
+                         "choose another out_dir (--out), or fix its permissions")
     todo = [r for r in runs if not _finished(out / r.filename, settings)]
     say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations, "
                   f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
@@ -132,3 +139,11 @@ def _finished(path: Path, settings: Settings) -> bool:
         raise ValueError(f"{path} holds a run with {have}, but this sweep asks for {want}; "
                          f"use another out_dir or delete it")
     return True
+
+
+def scratch_dir(prefix: str = "tas_lite_sweep_") -> Path:
+    """A fresh temporary folder (for a throwaway demo sweep) that is deleted when this Python process, a
+    notebook kernel included, exits; nothing piles up in the temp folder run after run."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
