@@ -2,7 +2,8 @@
 
 One loop trains a student with any registered method (see `tas_lite.methods`): per-family optimiser
 recipes, AMP and channels_last on CUDA, per-epoch history of every loss term, checkpoints at each
-epoch end with exact resume, and a clear stop on a non-finite loss. It reads in four parts:
+epoch end with exact resume (refused under another set-up), and a clear stop on a non-finite loss or
+non-finite weights; models that do not fit the data are refused before any work. It reads in four parts:
 `start` (set-up), `train_step` (one optimiser step, also what `bench` times), `train_epoch` and
 `finish` (final evaluation); `save_checkpoint` and `load_checkpoint` (resume) sit between epochs.
 """
@@ -244,7 +245,7 @@ def check_finite_weights(run: Run, epoch: int) -> None:
                                f"learning rate or check the inputs.")
 
 
-CHECKPOINT_KEYS = ("setup", "epoch", "student", "extra", "optimizer", "scaler", "rng", "history", "best_student")
+CHECKPOINT_KEYS = ("setup", "setup_hash", "epoch", "student", "extra", "optimizer", "scaler", "rng", "history", "best_student")
 
 
 def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> None:
@@ -252,7 +253,8 @@ def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> 
     with the set-up that made it (`setup`) so a resume under another set-up is refused."""
     generator = getattr(train, "generator", None)
     checkpoints.save_state({
-        "setup": run.meta["setup"], "setup_hash": checkpoints.config_hash(run.meta["setup"]), "epoch": epoch, "student": run.impl.student.state_dict(),
+        "setup": run.meta["setup"], "setup_hash": checkpoints.config_hash(run.meta["setup"]), "epoch": epoch,
+        "student": run.impl.student.state_dict(),
         "extra": run.impl.extra_state(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "rng": checkpoints.rng_state(), "history": result.history, "best_student": run.best_state,
         "loader_rng": generator.get_state() if generator is not None else None,
@@ -260,11 +262,13 @@ def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> 
     run.last_good = f"the last good checkpoint (epoch {epoch + 1}) is intact at {path}, its weights finite"
 
 
-def _check_same_setup(saved: dict[str, Any], want: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a run under another set-up (recipe, data, batch size, step cap, seed...), listing
-    every difference: the result would mix two set-ups."""
-    if checkpoints.config_hash(saved) == checkpoints.config_hash(want):
+def _check_same_setup(state: dict[str, Any], want: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a run under another set-up (recipe, data, batch size, step cap, seed...): the
+    checkpoint's set-up hash must be this run's, else every difference is listed (mixing two set-ups
+    would give a result neither describes)."""
+    if state["setup_hash"] == checkpoints.config_hash(want):
         return
+    saved = state["setup"]
     diff = [f"{key} {saved.get(key)!r} there, {want.get(key)!r} now" for key in sorted(set(saved) | set(want))
             if saved.get(key) != want.get(key)]
     raise ValueError(f"checkpoint {path} was written by another set-up ({'; '.join(diff)}); resume with the same "
@@ -276,7 +280,7 @@ def load_checkpoint(run: Run, result: Result, train, path: Path) -> int:
     first epoch still to train. A damaged file is a `util.CorruptFile` naming it."""
     state = checkpoints.load_state(path, run.device, required=CHECKPOINT_KEYS,
                                    fix="delete it to start the run from scratch, or use another checkpoint_dir")
-    _check_same_setup(state["setup"], run.meta["setup"], path)
+    _check_same_setup(state, run.meta["setup"], path)
     run.impl.student.load_state_dict(state["student"])
     run.impl.load_extra_state(state["extra"])
     run.optimizer.load_state_dict(state["optimizer"])

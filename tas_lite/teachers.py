@@ -64,6 +64,7 @@ def _check_positive(**values: int | None) -> None:
 
 
 def _fix(path: Path) -> str:
+    """How to rebuild a damaged cache entry: the end of every CorruptFile message about it."""
     return f"delete {path} (and its .json) or pass retrain=True to train it again"
 
 
