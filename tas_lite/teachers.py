@@ -4,7 +4,8 @@ A cache entry is keyed by name, dataset, seed and a hash of everything its train
 (epochs, batch size, step cap, image size, pretrained start, recipe version, and for `imagefolder:`
 data a fingerprint of the folder), so a changed recipe or changed data never loads stale weights.
 File names hold only letters, digits and `._-`. Train-and-cache runs under a file lock: a second
-process asking for the same model waits for the first, then loads what it saved. The sidecar records
+process asking for the same model waits for the first, then loads what it saved (an empty `<entry>.lock`
+beside an entry is that lock's file). The sidecar records
 the weights' sha256; a damaged entry is a clear error (`util.CorruptFile`) naming the file and saying
 to delete it or pass `retrain=True`, never a silent retrain, since retraining a gpu-profile teacher
 takes hours and a damaged file deserves a look. `prepare` is the teacher of a distillation run: a

@@ -12,6 +12,10 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, but what we write should get the usual mode
+FILE_MODE = 0o666 & ~_UMASK
+
 
 class CorruptFile(ValueError):
     """A file is truncated, damaged or not what it claims to be; the message names it and how to rebuild it."""
@@ -48,12 +52,14 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 
 
 def atomic_write(path: str | Path, payload: bytes | str) -> Path:
-    """Write a file so that readers see the old or the new content, never half of it (unique temp + rename)."""
+    """Write a file so that readers see the old or the new content, never half of it (unique temp + rename),
+    with the mode a plain write would give it (umask applied)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = payload.encode() if isinstance(payload, str) else payload
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -74,6 +80,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, FILE_MODE)
         yield Path(tmp)
         os.replace(tmp, path)
     finally:

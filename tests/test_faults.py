@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -30,7 +31,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import tas_lite
-from tas_lite import checkpoints, cka, data, distill, experiments, models, profiles, runner, teachers
+from tas_lite import checkpoints, cka, data, distill, experiments, models, profiles, runner, teachers, util
 from tas_lite.__main__ import main
 from tas_lite.results import Result
 from tas_lite.util import CorruptFile, NotWritable
@@ -576,6 +577,7 @@ def test_result_save_is_atomic_and_a_truncated_results_json_is_named(tmp_path, m
         Result("kd", "t", "s", 0, 1, final_test_acc=99.0).save(path)
     monkeypatch.undo()
     assert Result.load(path).final_test_acc == 50.0 and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert stat.S_IMODE(path.stat().st_mode) == util.FILE_MODE, "atomic writes keep the usual file mode, not 0600"
 
     settings = profiles.resolve("smoke")
     sweep_dir = tmp_path / "sweep"
