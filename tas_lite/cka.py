@@ -43,12 +43,15 @@ def _rows(X: torch.Tensor, what: str = "X") -> torch.Tensor:
     return X.masked_fill(constant, 0.0)  # the mean's rounding would otherwise leave ~1e-17 noise
 
 
-def _pair(X: torch.Tensor, Y: torch.Tensor, min_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both representations as centred float64 rows, checked to hold the same >= 3 examples. Two examples
+    are too few: centred, each representation is just x and -x, so biased CKA would be 1 whatever they hold."""
     X, Y = _rows(X, "X"), _rows(Y, "Y")
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must hold the same examples (rows): got {X.shape[0]} and {Y.shape[0]}")
-    if X.shape[0] < min_examples:
-        raise ValueError(f"need at least {min_examples} examples, got {X.shape[0]}")
+    if X.shape[0] < 3:
+        raise ValueError(f"need at least 3 examples, got {X.shape[0]}: with 2, centring leaves any two "
+                         f"representations equal up to scale, so CKA would be exactly 1 whatever they hold")
     return X, Y
 
 
@@ -68,8 +71,9 @@ def _biased(K: torch.Tensor, L: torch.Tensor) -> float:
 
 
 def linear(X: torch.Tensor, Y: torch.Tensor) -> float:
-    """Linear CKA, ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F) after centring columns; X (n, ...), Y (n, ...)."""
-    X, Y = _pair(X, Y, 2)
+    """Linear CKA, ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F) after centring columns; X (n, ...), Y (n, ...).
+    Needs n >= 3 (a ValueError otherwise); a constant representation gives NaN with a warning."""
+    X, Y = _pair(X, Y)
     if not X.any() or not Y.any():
         return _nan("a constant (zero-variance) representation")
     if X.shape[0] <= max(X.shape[1], Y.shape[1]):  # n x n Gram form is the cheaper one
@@ -94,10 +98,11 @@ def rbf_gram(X: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
 
 
 def rbf(X: torch.Tensor, Y: torch.Tensor, threshold: float = 1.0) -> float:
-    """RBF-kernel CKA; the bandwidth is `threshold` times the median pairwise distance (median heuristic)."""
+    """RBF-kernel CKA; the bandwidth is `threshold` times the median pairwise distance (median heuristic).
+    Needs n >= 3, like `linear`."""
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
-    X, Y = _pair(X, Y, 2)
+    X, Y = _pair(X, Y)
     for Z in (X, Y):
         sq = (Z * Z).sum(1)
         if _numpy_median((sq[:, None] + sq[None, :] - 2 * Z @ Z.T).clamp_min(0)) <= 0:
@@ -263,24 +268,35 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, *, laye
     same = model_b is model_a
     models = [model_a] if same else [model_a, model_b]
     acc = MinibatchCKA(num_layers(model_a, layers), num_layers(model_b, layers))
+    seen = {"batches": 0, "largest": 0}
     with eval_mode(*models):
         views = [stages(m.to(dev)) for m in models]
-        for x in progress_bar(_batches(loader, max_examples), enabled=progress, desc="CKA", unit="batch"):
+        for x in progress_bar(_batches(loader, max_examples, seen), enabled=progress, desc="CKA", unit="batch"):
             x = x.to(dev)
             ga = _grams(views[0], x, layers)
             acc.update_grams(ga, ga if same else _grams(views[1], x, layers))
     if not acc.batches:
-        raise ValueError("cka_matrix saw no batch of at least 4 images: the loader is empty or its batches "
-                         "hold fewer than 4 examples (the unbiased estimator needs n >= 4 per batch); "
-                         "use a larger batch_size")
+        raise ValueError(_no_batch_message(seen))
     return acc.compute()
 
 
-def _batches(loader: Iterable, max_examples: int | None):
-    """Image batches of at least 4, cut so that at most `max_examples` images are used in all."""
+def _no_batch_message(seen: dict[str, int]) -> str:
+    """Why cka_matrix had nothing to compute: an empty loader, or batches below the estimator's minimum."""
+    if not seen["batches"]:
+        return ("cka_matrix got an empty loader (it yielded no batch); pass one over at least 4 images, "
+                "e.g. cka.examples_loader(dataset, examples, batch_size=...)")
+    return (f"cka_matrix needs batches of at least 4 images (the unbiased estimator's minimum), but the "
+            f"loader's {seen['batches']} batch(es) hold at most {seen['largest']}; use batch_size >= 4")
+
+
+def _batches(loader: Iterable, max_examples: int | None, seen: dict[str, int]):
+    """Image batches of at least 4, cut so that at most `max_examples` images are used in all; counts
+    every batch the loader gives and the largest one in `seen` (for the error when none is usable)."""
     used = 0
     for batch in loader:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        seen["batches"] += 1
+        seen["largest"] = max(seen["largest"], len(x))
         remaining = math.inf if max_examples is None else max_examples - used
         if remaining < 4:
             return

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
 import pickle
 import platform
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,10 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.datasets.utils import check_integrity, download_url
 
 from . import config
+from .util import CorruptFile, check_writable
 
 NAMES = ("digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>")
 SPLITS = ("train", "test")
@@ -50,6 +54,24 @@ def num_classes(name: str) -> int:
     if base == "imagefolder":
         return len(load(name, "train").classes)
     return {"digits": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}[base]
+
+
+def fingerprint(name: str) -> str | None:
+    """What a cache key needs to notice changed data: for `imagefolder:<path>`, a hash of every file's
+    path (class names included), size and modification time under the folder; None for the built-in
+    datasets, which never change."""
+    if _check_name(name) != "imagefolder":
+        return None
+    root = Path(name.split(":", 1)[1]).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"imagefolder path {str(root)!r} does not exist")
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for file in sorted(files):
+            stat = (Path(folder) / file).stat()
+            digest.update(f"{Path(folder, file).relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _check_name(name: str) -> str:
@@ -158,6 +180,10 @@ def _synthetic(split: str, img_size: int, num_samples: int, classes: int, seed: 
     return TensorImages(images, labels)
 
 
+class _Refused(pickle.UnpicklingError):
+    """A CIFAR batch file asked to build something other than numpy arrays."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles; allow only the numpy pieces they contain, never arbitrary objects."""
 
@@ -168,31 +194,82 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+        raise _Refused(f"refusing to load {module}.{name} from a CIFAR batch file")
 
 
 def _read_batch(path: Path) -> dict:
-    with open(path, "rb") as handle:
-        return _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+    """One CIFAR batch (a pickle of numpy arrays); a damaged or foreign file is named in the error."""
+    fix = f"delete {path.parent} and load again (download=True fetches the archive if it is gone)"
+    try:
+        with open(path, "rb") as handle:
+            batch = _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+    except _Refused as err:
+        raise _Refused(f"{err} ({path}); {fix}") from None
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise CorruptFile(f"{path} is truncated or damaged ({type(err).__name__}: {err}); {fix}") from err
+    if not isinstance(batch, dict):
+        raise CorruptFile(f"{path} holds {type(batch).__name__}, not a CIFAR batch; {fix}")
+    return batch
+
+
+def _download(url: str, root: Path, archive: str, md5: str) -> None:
+    """Fetch a CIFAR archive (torchvision checks its md5); no network is one sentence saying what to do."""
+    check_writable(root, "pass root= a writable folder, or set TAS_LITE_HOME to one")
+    try:
+        download_url(url, str(root), filename=archive, md5=md5)
+    except OSError as err:  # urllib's URLError included
+        reason = getattr(err, "reason", None) or err
+        raise ConnectionError(f"could not download {url} ({reason}); without a network, download it by hand "
+                              f"(a browser, curl) to {root / archive} and load again") from err
+    except RuntimeError as err:  # torchvision: the downloaded file's md5 is wrong
+        raise CorruptFile(f"the download of {url} to {root / archive} is damaged (md5 mismatch); delete it and "
+                          f"try again") from err
+
+
+def _extract(tar: Path, root: Path, folder: str) -> None:
+    """Unpack the archive into a scratch folder beside the target, then rename: never half a dataset."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
+    try:
+        with tarfile.open(tar, "r:gz") as handle:
+            handle.extractall(scratch, filter="data")
+        if not (scratch / folder).is_dir():
+            raise CorruptFile(f"{tar} holds no {folder}/ folder, so it is not the CIFAR archive; delete it and "
+                              f"load again with download=True")
+        os.replace(scratch / folder, root / folder)
+    except (tarfile.TarError, EOFError) as err:
+        raise CorruptFile(f"{tar} cannot be unpacked ({err}); delete it and load again with download=True") from err
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _cifar_folder(name: str, root: Path, download: bool) -> Path:
+    """The extracted batches folder under `root`; extracted from the archive after torchvision's md5 check
+    (a truncated archive is reported, and fetched again with `download=True`)."""
+    url, archive, md5, folder = CIFAR_ARCHIVES[name]
+    base, tar = root / folder, root / archive
+    if base.is_dir():
+        return base
+    if download and not check_integrity(str(tar), md5):
+        _download(url, root, archive, md5)
+    if tar.is_file():
+        if not check_integrity(str(tar), md5):
+            raise CorruptFile(f"{tar} is damaged: its md5 is not the official archive's (an interrupted download?); "
+                              f"delete it, or load again with download=True to fetch it anew")
+        _extract(tar, root, folder)
+    if not base.is_dir():
+        raise ValueError(
+            f"{name} not found: looked for {base} (or the archive {tar}). "
+            f"Pass download=True to fetch it (about 170 MB), set root= to where it lives, "
+            f"or use the embedded dataset 'digits', which needs no download.")
+    return base
 
 
 class CIFAR(Dataset):
     """CIFAR-10/100 from the official python-format batches (the layout torchvision downloads)."""
 
     def __init__(self, name: str, root: Path, train: bool, transform, download: bool = False):
-        url, archive, md5, folder = CIFAR_ARCHIVES[name]
         self.root, self.transform = Path(root), transform
-        base = self.root / folder
-        if not base.is_dir() and (self.root / archive).is_file():
-            with tarfile.open(self.root / archive, "r:gz") as tar:
-                tar.extractall(self.root, filter="data")
-        if not base.is_dir() and download:
-            download_and_extract_archive(url, str(self.root), filename=archive, md5=md5)
-        if not base.is_dir():
-            raise ValueError(
-                f"{name} not found: looked for {base} (or the archive {self.root / archive}). "
-                f"Pass download=True to fetch it (about 170 MB), set root= to where it lives, "
-                f"or use the embedded dataset 'digits', which needs no download.")
+        base = _cifar_folder(name, self.root, download)
         if name == "cifar10":
             files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
             label_key, meta_file, names_key = "labels", "batches.meta", "label_names"
@@ -201,8 +278,8 @@ class CIFAR(Dataset):
             label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
         missing = [f for f in files + [meta_file] if not (base / f).is_file()]
         if missing:
-            raise ValueError(f"{name} at {base} is incomplete: missing {missing}. Delete the folder and "
-                             f"download again (download=True).")
+            raise CorruptFile(f"{name} at {base} is incomplete: missing {missing}. Delete the folder and "
+                              f"load again (download=True fetches the archive if it is gone).")
         batches = [_read_batch(base / f) for f in files]
         self.data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         self.data = self.data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # NHWC uint8
@@ -232,6 +309,8 @@ def image_transform(train: bool, img_size: int, stats, native_size: int | None =
 
 
 def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Dataset:
+    """torchvision's ImageFolder over `path/split` (or a flat `path` for train); an empty class folder, or
+    none at all, is a ValueError naming the folder."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ValueError(f"imagefolder path {str(root)!r} does not exist")
@@ -240,7 +319,11 @@ def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Datas
     elif split != "train" or (root / "test").is_dir():
         raise ValueError(f"imagefolder {path!r} has no {split!r} subfolder; use a train/ and test/ layout of "
                          f"class subfolders, or load split='train' from a flat folder of class subfolders")
-    return ImageFolder(str(root), transform=image_transform(train_aug, img_size, IMAGENET_STATS))
+    try:
+        return ImageFolder(str(root), transform=image_transform(train_aug, img_size, IMAGENET_STATS))
+    except FileNotFoundError as err:  # no class folder, or one without a single image
+        raise ValueError(f"imagefolder {str(root)!r} cannot be read as one class per subfolder: {err} Give "
+                         f"each class a subfolder with at least one image, and remove empty ones.") from err
 
 
 def load(name: str, split: str = "train", *, root: str | Path | None = None, img_size: int = 32,

@@ -2,13 +2,16 @@
 
 One loop trains a student with any registered method (see `tas_lite.methods`): per-family optimiser
 recipes, AMP and channels_last on CUDA, per-epoch history of every loss term, checkpoints at each
-epoch end with exact resume, and a clear stop on a non-finite loss. It reads in four parts:
+epoch end with exact resume (refused under another set-up), and a clear stop on a non-finite loss or
+non-finite weights; models that do not fit the data are refused before any work. It reads in four parts:
 `start` (set-up), `train_step` (one optimiser step, also what `bench` times), `train_epoch` and
 `finish` (final evaluation); `save_checkpoint` and `load_checkpoint` (resume) sit between epochs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,9 +21,10 @@ from typing import Any
 import torch
 from timm.models.convnext import ConvNeXt
 from torch import nn
+from torch.utils.data import Subset
 
 from . import checkpoints, config, methods
-from .models import model_name
+from .models import input_size, model_name
 from .results import Result
 from .stages import family
 from .util import progress_bar
@@ -231,24 +235,59 @@ def _validate(run: Run, result: Result, row: dict[str, float], val, epoch: int) 
         run.best_state = {k: v.detach().clone() for k, v in run.impl.student.state_dict().items()}
 
 
+class NonFiniteWeights(NonFiniteLoss):
+    """Raised when a weight turned NaN/inf although every loss was finite (a huge step can do that);
+    a NonFiniteLoss too, so one `except` catches both ways training can blow up."""
+
+
+def check_finite_weights(run: Run, epoch: int) -> None:
+    """Stop after `epoch` if any weight of the student or of the method is NaN/inf, before anything is
+    validated or saved: a checkpoint never holds non-finite weights, so `run.last_good` stays true."""
+    states = {"student": run.impl.student.state_dict(), "method": run.impl.extra_state()}
+    bad = [f"{owner}.{name}" for owner, state in states.items() for name, value in state.items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise NonFiniteWeights(f"non-finite weights after epoch {epoch + 1} although every loss was finite: "
+                               f"{bad[:3]} ({len(bad)} tensors). Training stopped; {run.last_good}. Lower the "
+                               f"learning rate or check the inputs.")
+
+
+CHECKPOINT_KEYS = ("setup", "setup_hash", "epoch", "student", "extra", "optimizer", "scaler", "rng", "history", "best_student")
+
+
 def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> None:
-    """The full training state after `epoch`, so `load_checkpoint` can continue bit-identically (on CPU)."""
+    """The full training state after `epoch`, so `load_checkpoint` can continue bit-identically (on CPU),
+    with the set-up that made it (`setup`) so a resume under another set-up is refused."""
     generator = getattr(train, "generator", None)
     checkpoints.save_state({
-        "run": run.meta["run_id"], "epoch": epoch, "student": run.impl.student.state_dict(),
+        "setup": run.meta["setup"], "setup_hash": checkpoints.config_hash(run.meta["setup"]), "epoch": epoch,
+        "student": run.impl.student.state_dict(),
         "extra": run.impl.extra_state(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "rng": checkpoints.rng_state(), "history": result.history, "best_student": run.best_state,
         "loader_rng": generator.get_state() if generator is not None else None,
         "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "elapsed": run.elapsed}, path)
-    run.last_good = f"the last good checkpoint (epoch {epoch + 1}) is intact at {path}"
+    run.last_good = f"the last good checkpoint (epoch {epoch + 1}) is intact at {path}, its weights finite"
+
+
+def _check_same_setup(state: dict[str, Any], want: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a run under another set-up (recipe, data, batch size, step cap, seed...): the
+    checkpoint's set-up hash must be this run's, else every difference is listed (mixing two set-ups
+    would give a result neither describes)."""
+    if state["setup_hash"] == checkpoints.config_hash(want):
+        return
+    saved = state["setup"]
+    diff = [f"{key} {saved.get(key)!r} there, {want.get(key)!r} now" for key in sorted(set(saved) | set(want))
+            if saved.get(key) != want.get(key)]
+    raise ValueError(f"checkpoint {path} was written by another set-up ({'; '.join(diff)}); resume with the same "
+                     f"settings, or delete it (or use another checkpoint_dir) to start afresh")
 
 
 def load_checkpoint(run: Run, result: Result, train, path: Path) -> int:
-    """Load what `save_checkpoint` wrote; return the first epoch still to train."""
-    state = checkpoints.load_state(path, run.device)
-    if state["run"] != run.meta["run_id"]:
-        raise ValueError(f"checkpoint {path} belongs to another run ({state['run']}); "
-                         f"delete it or use another checkpoint_dir")
+    """Load what `save_checkpoint` wrote, after checking it was written by this very set-up; return the
+    first epoch still to train. A damaged file is a `util.CorruptFile` naming it."""
+    state = checkpoints.load_state(path, run.device, required=CHECKPOINT_KEYS,
+                                   fix="delete it to start the run from scratch, or use another checkpoint_dir")
+    _check_same_setup(state, run.meta["setup"], path)
     run.impl.student.load_state_dict(state["student"])
     run.impl.load_extra_state(state["extra"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -259,7 +298,7 @@ def load_checkpoint(run: Run, result: Result, train, path: Path) -> int:
     result.history, run.best_state = state["history"], state["best_student"]
     result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
     run.elapsed = state["elapsed"]
-    run.last_good = f"the last good checkpoint (epoch {state['epoch'] + 1}) is intact at {path}"
+    run.last_good = f"the last good checkpoint (epoch {state['epoch'] + 1}) is intact at {path}, its weights finite"
     return state["epoch"] + 1
 
 
@@ -300,6 +339,54 @@ def _method(method: str | methods.Method, teacher: nn.Module | None, student: nn
     return methods.build(method, teacher, student, img_size=img_size, **kwargs)
 
 
+def _first_batch(val) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation loader's first batch (its image size is the run's); an empty loader is a clear error.
+    The global random stream is left as it was, so these checks change no run's numbers."""
+    with torch.random.fork_rng(devices=[]):
+        for batch in val:
+            return batch
+    raise ValueError("the validation loader is empty (val_fraction=0?); fit needs validation data to follow "
+                     "progress and pick the best epoch: use data.loaders(..., val_fraction=0.1)")
+
+
+def _check_fits_data(method, teacher: nn.Module | None, student: nn.Module | None, batch, train) -> None:
+    """Before any work: each model takes the data's image size, and the student has an output for every
+    class the data hold (more are allowed; `_method` holds the teacher to the student's count); else a
+    ValueError saying what to build instead."""
+    if isinstance(method, methods.Method):
+        teacher, student = method.teacher, method.student
+    x, y = batch
+    dataset = getattr(train, "dataset", None)
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    size, classes = int(x.shape[-1]), max(int(y.max()) + 1, len(getattr(dataset, "classes", None) or ()))
+    for role, model in (("teacher", teacher), ("student", student)):
+        embed = getattr(model, "patch_embed", None) or getattr(model, "stem", None)
+        if getattr(embed, "strict_img_size", False) and input_size(model) != size:
+            raise ValueError(f"the {role} {model_name(model)} was built for {input_size(model)} px images but the "
+                             f"data are {size} px; build it with img_size={size} (models.create(..., img_size="
+                             f"{size})) or load the data at {input_size(model)} px")
+    outputs = getattr(student, "num_classes", None)
+    if outputs is not None and outputs < classes:
+        raise ValueError(f"the student {model_name(student)} predicts {outputs} classes but the data hold "
+                         f"{classes}; build it with num_classes={classes} (data.num_classes(dataset) gives it)")
+
+
+def _setup(impl: methods.Method, result: Result, train, val, batch) -> dict[str, Any]:
+    """What defines a run's numbers, as plain values (a checkpoint keeps it; resume compares it): method,
+    models, seed, epochs, step cap, recipe, batch size, the data (sizes and a hash of the first validation
+    images) and, for a cached teacher, its weights' sha256. Not the device: a run may move."""
+    x, y = batch
+    seen = hashlib.sha256(x[:8].detach().cpu().contiguous().numpy().tobytes() + y[:8].cpu().numpy().tobytes())
+    setup = {"method": result.method, "teacher": result.teacher, "student": result.student, "seed": result.seed,
+             "epochs": result.epochs, **{k: result.config[k] for k in ("max_steps", "recipe", "method_kwargs",
+                                                                        "img_size", "num_classes")},
+             "batch_size": getattr(train, "batch_size", None), "train_batches": len(train),
+             "val_examples": len(getattr(val, "dataset", val)), "val_images": seen.hexdigest()[:16],
+             "teacher_weights": getattr(impl.teacher, "tas_lite_info", {}).get("sha256")}
+    return json.loads(json.dumps(setup, sort_keys=True, default=str))
+
+
 def fit(method: str | methods.Method, teacher: nn.Module | None = None, student: nn.Module | None = None,
         train=None, val=None, *, epochs: int, test=None, recipe: Recipe | None = None, seed: int = 0,
         device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
@@ -315,12 +402,16 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or None (whole epochs), got {max_steps!r}")
     if train is None or val is None:
         raise ValueError("fit needs train= and val= loaders (tas_lite.data.loaders gives both)")
     if not isinstance(method, methods.Method) and student is None:
         raise ValueError(f"fit({method!r}, ...) needs a student model (and a teacher, except for 'baseline')")
     config.seed_everything(seed)
-    img_size = int(next(iter(val))[0].shape[-1])
+    batch = _first_batch(val)
+    img_size = int(batch[0].shape[-1])
+    _check_fits_data(method, teacher, student, batch, train)
     recipe = recipe or Recipe.for_student(student if student is not None else method.student, epochs)
     impl = _method(method, teacher, student, img_size, {"label_smoothing": recipe.label_smoothing,
                                                          **(method_kwargs or {})})
@@ -335,13 +426,14 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
         "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,
         "val_images": len(val.dataset) if hasattr(val, "dataset") else None,
         "method_kwargs": method_kwargs or {}})
-    run.meta = {"method": name, "run_id": f"{name}|{result.teacher}|{result.student}|seed={seed}|epochs={epochs}"}
+    run.meta = {"method": name, "setup": _setup(impl, result, train, val, batch)}
     run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device)
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     first = load_checkpoint(run, result, train, ckpt) if resume and ckpt is not None and ckpt.is_file() else 0
     for epoch in range(first, epochs):
         started = time.perf_counter()
         row = train_epoch(run, train, epoch, progress=progress)
+        check_finite_weights(run, epoch)
         _validate(run, result, row, val, epoch)
         run.elapsed += time.perf_counter() - started
         row["wall_s"] = run.elapsed

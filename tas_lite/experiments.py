@@ -7,9 +7,12 @@ stopped), then aggregates the folder into a table (`tas_lite.tables`).
 
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,7 +25,7 @@ import torch
 from . import config, data, distill, methods, models, profiles, tables, teachers
 from .profiles import Settings
 from .results import Result, machine
-from .util import progress_bar, say
+from .util import check_writable, progress_bar, say
 
 # Bump when training changes in a way the fingerprint below cannot see (a loss formula, the loop itself):
 # results made before then are reported stale.
@@ -62,9 +65,12 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
     the data order and the validation split. The result carries its fingerprint (`fingerprint`) and
-    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU.
+    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU. Names, seed and `out_dir`'s
+    writability are checked before anything trains.
     """
-    methods.check(method)
+    configurations([teacher] if teacher else [], [student], [method], [seed])
+    if out_dir is not None:
+        check_writable(out_dir, "choose another out_dir (--out), or fix its permissions")
     train, val, test = data.loaders(settings.dataset, batch_size=settings.batch_size, img_size=settings.img_size,
                                     seed=seed)
     t_model = None if method == "baseline" else teachers.from_settings(teacher, settings, progress=progress)
@@ -140,7 +146,8 @@ def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, studen
     tables.check_metric(metric)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    out = Path(out_dir) if out_dir is not None else default_dir(settings)
+    out = check_writable(out_dir if out_dir is not None else default_dir(settings),
+                         "choose another out_dir (--out), or fix its permissions")
     todo = [r for r in runs if not _finished(out / r.filename, r, settings)]
     say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations, "
                   f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
@@ -217,3 +224,11 @@ def stale(folder: str | Path) -> list[str]:
             command = r.config.get("provenance", {}).get("command", "python -m tas_lite sweep ...")
             lines.append(f"stale: {path.name} ({differences}); make it again with: {command}")
     return lines
+
+
+def scratch_dir(prefix: str = "tas_lite_sweep_") -> Path:
+    """A fresh temporary folder (for a throwaway demo sweep) that is deleted when this Python process, a
+    notebook kernel included, exits; nothing piles up in the temp folder run after run."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import config
-from .util import atomic_write
+from .util import CorruptFile, atomic_write
 
 
 def git_commit() -> str | None:
@@ -77,8 +77,20 @@ class Result:
 
     @classmethod
     def load(cls, path: str | Path) -> Result:
-        fields = json.loads(Path(path).read_text())
+        """Read a results JSON; a truncated, damaged or foreign file is a `CorruptFile` naming it (delete it,
+        and a sweep runs that configuration again)."""
+        path = Path(path)
+        fix = "delete it (a sweep then runs that configuration again)"
+        try:
+            fields = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptFile(f"results file {path} is not valid JSON ({err}): truncated or damaged; {fix}") from err
+        if not isinstance(fields, dict):
+            raise CorruptFile(f"{path} is not a tas_lite Result (it holds a JSON {type(fields).__name__}); {fix}")
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{path} is not a tas_lite Result (unknown fields {sorted(unknown)})")
-        return cls(**fields)
+            raise CorruptFile(f"{path} is not a tas_lite Result (unknown fields {sorted(unknown)}); {fix}")
+        try:
+            return cls(**fields)
+        except TypeError as err:  # required fields missing
+            raise CorruptFile(f"{path} is not a complete tas_lite Result ({err}); {fix}") from err

@@ -1,7 +1,8 @@
 """Run the numbered notebooks with papermill, in order, for one profile, and render an HTML site.
 
 `run("cpu")` validates every `-p` override against the notebooks' `parameters` cells first (papermill
-itself only warns about unknown names), then executes each notebook in the notebooks folder with the
+itself only warns about unknown names; method and model names are checked too) and that the output
+folder takes files, then executes each notebook in the notebooks folder with the
 venv's `python3` kernel, writes the executed copies and an `index.html` to `outputs/<profile>/`, and
 stops at the first failing notebook with that cell's error, keeping its executed copy.
 """
@@ -22,9 +23,9 @@ from typing import Any
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
-from . import config, profiles
+from . import config, methods, models, profiles
 from .report import NotebookRun, RunReport, write_site
-from .util import say
+from .util import check_writable, say
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
 KERNEL = "python3"
@@ -180,7 +181,28 @@ def plan(profile: str, notebooks_dir: str | Path | None = None, only: Sequence[s
                              f"{_valid_names(specs)}")
         for job in declared:
             job.parameters[name] = specs[job.path][name].check(value, job.path.name)
+            _check_names(name, job.parameters[name], job.path.name)
     return jobs
+
+
+def _check_names(name: str, value: Any, where: str) -> None:
+    """Method and model names must exist: a typo found here costs nothing, found in notebook 05 it costs
+    every notebook before it (and `METHODS []` would train nothing and fail on an empty table)."""
+    if value is None:
+        return
+    if name == "METHODS":
+        if not value:
+            raise ValueError(f"parameter METHODS of {where} needs at least one method; allowed: "
+                             f"{', '.join(methods.METHODS)}")
+        try:
+            methods.check(value)
+        except ValueError as err:
+            raise ValueError(f"parameter METHODS of {where}: {err}") from err
+    elif name in ("TEACHER", "STUDENT"):
+        try:
+            models.default_img_size(value)
+        except ValueError as err:
+            raise ValueError(f"parameter {name} of {where}: {err}") from err
 
 
 def _valid_names(specs: dict[Path, dict[str, ParamSpec]]) -> str:
@@ -219,12 +241,13 @@ def run(profile: str = "cpu", *, notebooks_dir: str | Path | None = None, only: 
         cell_timeout: int | None = None, start_timeout: int = 180) -> RunReport:
     """Execute the notebooks in order (cwd: their folder) and write executed copies plus `index.html`.
 
-    Raises ValueError before anything runs when a parameter is unknown or mistyped, and NotebookFailed
-    (with the cell's error and the executed copy's path) when a notebook fails; later notebooks don't run.
+    Raises ValueError before anything runs when a parameter is unknown, mistyped or names no method or
+    model, `util.NotWritable` when the output folder takes no files, and NotebookFailed (with the cell's
+    error and the executed copy's path) when a notebook fails; later notebooks don't run.
     """
     out = Path(out_dir) if out_dir is not None else default_dir(profile)
     jobs = plan(profile, notebooks_dir, only, parameters, batch_parameters(out))
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "choose another folder with --out (out_dir=), or fix its permissions")
     report = RunReport(profile, out, [NotebookRun(j.path, out / j.path.name, j.parameters) for j in jobs])
     started = time.perf_counter()
     failure = None

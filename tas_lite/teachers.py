@@ -1,13 +1,22 @@
 """Trained models, cached: `trained(name)` trains once with a fixed recipe and then loads from disk.
 
 A cache entry is keyed by name, dataset, seed and a hash of everything its training depends on
-(epochs, batch size, step cap, image size, pretrained start, recipe version), so a changed recipe
-never loads stale weights. `prepare` is the teacher of a distillation run: a cached model, or your
-own weights from a file.
+(epochs, batch size, step cap, image size, pretrained start, recipe version, and for `imagefolder:`
+data a fingerprint of the folder), so a changed recipe or changed data never loads stale weights.
+File names hold only letters, digits and `._-`. Train-and-cache runs under a file lock: a second
+process asking for the same model waits for the first, then loads what it saved (an empty `<entry>.lock`
+beside an entry is that lock's file). The sidecar records
+the weights' sha256; a damaged entry is a clear error (`util.CorruptFile`) naming the file and saying
+to delete it or pass `retrain=True`, never a silent retrain, since retraining a gpu-profile teacher
+takes hours and a damaged file deserves a look. `prepare` is the teacher of a distillation run: a
+cached model, or your own weights from a file.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +24,64 @@ from torch import nn
 
 from . import checkpoints, config, data, distill, models
 from .profiles import DEFAULT
+from .util import NotWritable, check_writable
 
-RECIPE_VERSION = 4  # 3: initial weights seeded inside trained(); 4: affine augmentation, tiny_vit 8 px patches
+RECIPE_VERSION = 4  # 3: initial weights seeded inside trained(); 4: affine augmentation, tiny_vit 8 px patches, sidecar sha256
 VAL_FRACTION = 0.1
+CACHE_KEYS = ("sha256", "test_acc", "recipe")  # what a cache entry's sidecar must hold
 
 
 def recipe(name: str, dataset: str, *, img_size: int, epochs: int, batch_size: int, max_steps: int | None,
            pretrained: bool) -> dict[str, Any]:
-    """Everything a cache entry depends on besides the seed."""
+    """Everything a cache entry depends on besides the seed (the data's fingerprint included)."""
     return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": batch_size,
             "val_fraction": VAL_FRACTION, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
-            "version": RECIPE_VERSION}
+            "data": data.fingerprint(dataset), "version": RECIPE_VERSION}
+
+
+def _safe(text: str) -> str:
+    """`text` with every run of characters other than letters, digits, `.`, `_`, `-` replaced by `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "data"
 
 
 def cache_path(spec: dict[str, Any], seed: int) -> Path:
-    """Cache file for one trained model: name-dataset-seed-hash."""
-    return config.checkpoints_dir() / f"{spec['name']}-{spec['dataset']}-s{seed}-{checkpoints.config_hash(spec)}.safetensors"
+    """Cache file for one trained model, directly in the cache folder: name-dataset-seed-hash, where an
+    `imagefolder:` dataset is named by its folder's last part (the hash tells two such folders apart)."""
+    dataset = spec["dataset"]
+    if dataset.startswith("imagefolder:"):
+        dataset = "imagefolder-" + Path(dataset.split(":", 1)[1].rstrip("/\\")).name
+    try:
+        folder = config.checkpoints_dir()
+    except OSError as err:
+        raise NotWritable(f"cannot create the model cache folder ({err}); set TAS_LITE_HOME to a writable "
+                          f"folder") from err
+    return folder / f"{_safe(spec['name'])}-{_safe(dataset)}-s{seed}-{checkpoints.config_hash(spec)}.safetensors"
 
 
 def _check_positive(**values: int | None) -> None:
     for key, value in values.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{key} must be a positive int{' or None' if key == 'max_steps' else ''}, got {value!r}")
+
+
+def _fix(path: Path) -> str:
+    """How to rebuild a damaged cache entry: the end of every CorruptFile message about it."""
+    return f"delete {path} (and its .json) or pass retrain=True to train it again"
+
+
+@contextmanager
+def _cache_lock(path: Path, cached: bool, progress: bool) -> Iterator[None]:
+    """The entry's lock, once the cache folder is known to be writable (checked before any training). A
+    read-only cache still serves the entries it holds, unlocked: nothing can write there to race with."""
+    writable = True
+    try:
+        check_writable(path.parent, "set TAS_LITE_HOME to a writable folder (the model cache lives in it)")
+    except NotWritable:
+        if not cached:
+            raise
+        writable = False
+    with checkpoints.locked(path, progress=progress) if writable else nullcontext():
+        yield
 
 
 def trained(name: str, dataset: str = "digits", seed: int = 0, *, epochs: int = DEFAULT.teacher_epochs,
@@ -47,7 +92,8 @@ def trained(name: str, dataset: str = "digits", seed: int = 0, *, epochs: int = 
 
     Defaults are the cpu profile's teacher recipe. `pretrained=True` starts from timm's ImageNet weights
     and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers. Returns the model in eval mode; its
-    accuracy and recipe are in `model.tas_lite_info`.
+    accuracy and recipe are in `model.tas_lite_info`. An unwritable cache folder is an error before any
+    training; a damaged cache entry is a `util.CorruptFile` naming it (delete it, or `retrain=True`).
     """
     _check_positive(epochs=epochs, batch_size=batch_size, max_steps=max_steps)
     size = img_size or models.default_img_size(name)
@@ -55,13 +101,16 @@ def trained(name: str, dataset: str = "digits", seed: int = 0, *, epochs: int = 
                   pretrained=pretrained)
     path = cache_path(spec, seed)
     num_classes = data.num_classes(dataset)
-    config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
-    model = models.create(name, num_classes=num_classes, img_size=size, pretrained=pretrained and not path.is_file())
-    if path.is_file() and not retrain:
-        meta = checkpoints.load_weights(model, path)
-    else:
-        meta = _train(model, spec, seed, device=device, progress=progress)
-        checkpoints.save_weights(model, path, meta)
+    with _cache_lock(path, path.is_file() and not retrain, progress):
+        cached = path.is_file() and not retrain  # again: another process may have saved it while we waited
+        config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
+        model = models.create(name, num_classes=num_classes, img_size=size, pretrained=pretrained and not cached)
+        if cached:
+            meta = checkpoints.load_weights(model, path, fix=_fix(path), required=CACHE_KEYS)
+        else:
+            meta = _train(model, spec, seed, device=device, progress=progress)
+            checkpoints.save_weights(model, path, meta)
+            meta = checkpoints.read_sidecar(path)
     model.eval()
     model.tas_lite_info = meta
     return model

@@ -1,4 +1,5 @@
-"""Small helpers every layer uses: console lines, progress bars, eval mode for a while, atomic writes."""
+"""Small helpers every layer uses: console lines, progress bars, eval mode for a while, atomic writes,
+writable-folder checks, and the two errors every file-reading layer raises (`CorruptFile`, `NotWritable`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from pathlib import Path
 
 from torch import nn
 from tqdm.auto import tqdm
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, but what we write should get the usual mode
+FILE_MODE = 0o666 & ~_UMASK
+
+
+class CorruptFile(ValueError):
+    """A file is truncated, damaged or not what it claims to be; the message names it and how to rebuild it."""
+
+
+class NotWritable(OSError):
+    """A folder tas_lite must write to cannot be written; raised before any work, naming it and the fix."""
 
 
 def say(enabled: bool, text: str, end: str = "\n") -> None:
@@ -39,12 +52,14 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 
 
 def atomic_write(path: str | Path, payload: bytes | str) -> Path:
-    """Write a file so that readers see the old or the new content, never half of it (unique temp + rename)."""
+    """Write a file so that readers see the old or the new content, never half of it (unique temp + rename),
+    with the mode a plain write would give it (umask applied)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = payload.encode() if isinstance(payload, str) else payload
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -65,7 +80,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, FILE_MODE)
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, fix: str) -> Path:
+    """Create `folder` if needed and prove it takes a new file; else NotWritable naming it and `fix`.
+    Called before long work, so that a run never trains for an hour and then fails to save."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tas_lite_write_check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise NotWritable(f"cannot write to {folder} ({err.strerror or err}); {fix}") from err
+    return folder

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import pickle
 import tarfile
@@ -64,7 +65,8 @@ def test_bad_dataset_arguments(name, kwargs, match):
         data.load(name, **kwargs)
 
 
-def _write_cifar10_archive(root, n_per_batch=4):
+def _write_cifar10_archive(root, monkeypatch, n_per_batch=4):
+    """A small archive in CIFAR-10's layout, registered under its own md5 (loading checks the md5)."""
     rng = np.random.default_rng(0)
     folder = "cifar-10-batches-py"
     buf = io.BytesIO()
@@ -79,10 +81,12 @@ def _write_cifar10_archive(root, n_per_batch=4):
                        "labels": rng.integers(0, 10, n_per_batch).tolist()})
         add("batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
     (root / "cifar-10-python.tar.gz").write_bytes(buf.getvalue())
+    url, archive, _, folder = data.CIFAR_ARCHIVES["cifar10"]
+    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10", (url, archive, hashlib.md5(buf.getvalue()).hexdigest(), folder))
 
 
-def test_cifar10_reads_a_fabricated_archive(tmp_path):
-    _write_cifar10_archive(tmp_path)
+def test_cifar10_reads_a_fabricated_archive(tmp_path, monkeypatch):
+    _write_cifar10_archive(tmp_path, monkeypatch)
     train = data.load("cifar10", "train", root=tmp_path)
     test = data.load("cifar10", "test", root=tmp_path, img_size=64)
     assert len(train) == 20 and len(test) == 4 and train.classes[3] == "class3"
@@ -109,8 +113,8 @@ def test_missing_cifar_says_where_and_how(tmp_path):
         data.load("cifar100", root=tmp_path)
 
 
-def test_cifar_batches_refuse_arbitrary_objects(tmp_path):
-    _write_cifar10_archive(tmp_path)
+def test_cifar_batches_refuse_arbitrary_objects(tmp_path, monkeypatch):
+    _write_cifar10_archive(tmp_path, monkeypatch)
     data.load("cifar10", root=tmp_path)  # extracts
 
     class Evil:
