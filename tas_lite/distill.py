@@ -340,11 +340,9 @@ def _method(method: str | methods.Method, teacher: nn.Module | None, student: nn
 
 
 def _first_batch(val) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation loader's first batch (its image size is the run's); an empty loader is a clear error.
-    The global random stream is left as it was, so these checks change no run's numbers."""
-    with torch.random.fork_rng(devices=[]):
-        for batch in val:
-            return batch
+    """The validation loader's first batch (its image size is the run's); an empty loader is a clear error."""
+    for batch in val:
+        return batch
     raise ValueError("the validation loader is empty (val_fraction=0?); fit needs validation data to follow "
                      "progress and pick the best epoch: use data.loaders(..., val_fraction=0.1)")
 
