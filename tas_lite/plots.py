@@ -146,6 +146,31 @@ def weight_images(weights, *, title: str, cols: int = 8, cbar_label: str = "weig
     return fig
 
 
+def weight_changes(weights, change, *, units: int, title: str):
+    """Weight images (units, H, W) of the `units` hidden units whose weights changed most: the trained
+    weights (top row) and their change since initialisation (bottom row), each row on its own symmetric
+    colour scale; each panel title gives how far that unit moved, |change| / |initial weights|."""
+    w, d = np.asarray(weights, dtype=float), np.asarray(change, dtype=float)
+    start = np.linalg.norm((w - d).reshape(len(w), -1), axis=1)
+    moved = np.linalg.norm(d.reshape(len(d), -1), axis=1) / np.where(start > 0, start, 1.0)
+    chosen = np.argsort(-moved)[:units]
+    fig, axes = plt.subplots(2, len(chosen), figsize=(1.35 * len(chosen) + 1.6, 3.6), squeeze=False,
+                             constrained_layout=True)
+    for r, (values, label) in enumerate(((w, "trained weight"), (d, "change since init"))):
+        limit = np.abs(values[chosen]).max() or 1.0
+        for ax, k in zip(axes[r], chosen):
+            image = ax.imshow(values[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if r == 0:
+                ax.set_title(f"unit {k}\nmoved {100 * moved[k]:.0f}%", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+        fig.colorbar(image, ax=axes[r].tolist(), label=label, shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
 def widgets_available() -> bool:
     """True inside an IPython kernel, where ipywidgets can show. Batch runs look live too (papermill and
     nbval run real kernels), so the runner passes INTERACTIVE=False, and `explore` and `sliders` always

@@ -158,35 +158,45 @@ class Locality:
     """How local one attention layer is, against uniform attention over the same grid (all in px).
 
     `gap` = uniform - mean distance (positive: more local than uniform); `spread` = standard deviation of
-    the per-image, per-head distances. `local_heads`: heads whose own gap exceeds their spread over images.
-    Verdict: "local" when gap > spread; "wider than uniform" when -gap > spread; otherwise "some heads
-    local" when a head is, else "no locality learned".
+    the per-image, per-head distances. A difference counts only beyond `tolerance` = the larger of the
+    spread and `min_effect` (a floor: near-uniform attention varies so little between images that a
+    consistent but tiny difference would otherwise count). `local_heads`: heads whose own gap exceeds the
+    larger of their spread over images and `min_effect`. Verdict: "local" when gap > tolerance, "wider
+    than uniform" when -gap > tolerance, otherwise "some heads local" when a head is, else
+    "no locality learned".
     """
 
     mean: float
     spread: float
     gap: float
     uniform: float
+    min_effect: float
     local_heads: int
     heads: int
 
     @property
+    def tolerance(self) -> float:
+        return max(self.spread, self.min_effect)
+
+    @property
     def verdict(self) -> str:
-        if self.gap > self.spread:
+        if self.gap > self.tolerance:
             return "local"
-        if -self.gap > self.spread:
+        if -self.gap > self.tolerance:
             return "wider than uniform"
         return "some heads local" if self.local_heads else "no locality learned"
 
 
-def locality(per_image: torch.Tensor, uniform: float) -> Locality:
-    """The `Locality` of one layer from its (images, heads) attention distances (`attention_distance_per_image`)."""
+def locality(per_image: torch.Tensor, uniform: float, min_fraction: float = 0.05) -> Locality:
+    """The `Locality` of one layer from its (images, heads) attention distances (`attention_distance_per_image`);
+    differences under `min_fraction` of the uniform distance never count (5%: 0.8 px for 16.5 px)."""
     d = torch.as_tensor(per_image, dtype=torch.float64)
     if d.dim() != 2 or d.shape[0] < 2:
         raise ValueError(f"per_image must be (images >= 2, heads), got shape {tuple(d.shape)}")
-    head_gap, head_spread = uniform - d.mean(0), d.std(0)
+    floor = min_fraction * uniform
+    head_gap, head_spread = uniform - d.mean(0), d.std(0).clamp_min(floor)
     return Locality(mean=d.mean().item(), spread=d.std().item(), gap=uniform - d.mean().item(), uniform=uniform,
-                    local_heads=int((head_gap > head_spread).sum()), heads=d.shape[1])
+                    min_effect=floor, local_heads=int((head_gap > head_spread).sum()), heads=d.shape[1])
 
 
 def query_attention(model: nn.Module, images: torch.Tensor, layer: int, head: int,

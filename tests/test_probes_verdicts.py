@@ -54,6 +54,11 @@ def test_locality_verdict_needs_a_gap_larger_than_the_spread():
     result = probes.locality(one_head, uniform)  # the layer's mean gap is within its spread over heads
     assert result.verdict == "some heads local" and result.local_heads == 1
     assert probes.locality(uniform + 3 + 0.3 * torch.randn(16, 4, generator=gen), uniform).verdict == "wider than uniform"
+    # consistent but tiny: a 0.2 px gap with a 0.01 px spread is still below the 5% floor (0.825 px)
+    tiny = uniform - 0.2 + 0.01 * torch.randn(16, 4, generator=gen)
+    result = probes.locality(tiny, uniform)
+    assert result.tolerance == pytest.approx(0.825) and result.verdict == "no locality learned"
+    assert result.local_heads == 0
     with pytest.raises(ValueError, match="images >= 2"):
         probes.locality(torch.ones(1, 4), uniform)
 
