@@ -102,10 +102,11 @@ def erf_grid(erfs: dict[str, list], *, title: str, fraction: float = 0.5):
 
 
 def attention_distance(distances: dict[str, list], *, title: str, reference: float | None = None,
-                       colors: dict[str, str] | None = None):
+                       colors: dict[str, str] | None = None, reference_band: float | None = None):
     """Mean attention distance of every head (dots) and its per-layer mean (line) against depth, per model.
     Given (images, heads) tables per layer (`probes.attention_distance_per_image`), a band shows the mean
-    ± the standard deviation over heads and images: the spread a difference must beat to count."""
+    ± the standard deviation over heads and images: the spread a difference must beat to count;
+    `reference_band` shades reference ± band, the smallest difference that counts at all."""
     fig, ax = plt.subplots(figsize=(7.0, 4.0), constrained_layout=True)
     for k, (name, per_layer) in enumerate(distances.items()):
         color = (colors or {}).get(name, f"C{k}")
@@ -123,6 +124,9 @@ def attention_distance(distances: dict[str, list], *, title: str, reference: flo
                             label=f"{name}: mean ± spread over heads and images")
     if reference is not None:
         ax.axhline(reference, color="grey", ls=":", label=f"uniform attention ({reference:.1f} px)")
+        if reference_band:
+            ax.axhspan(reference - reference_band, reference + reference_band, color="grey", alpha=0.12, lw=0,
+                       label=f"uniform ± {reference_band:.2f} px: too close to uniform to count")
     ax.set(title=title, xlabel="layer (block, 1 = first)", ylabel="mean attention distance (px)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
