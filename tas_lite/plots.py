@@ -288,6 +288,34 @@ def assistant_diagram(parts, shapes: list[str], *, title: str, names: dict[str, 
     return fig
 
 
+def bridge_bars(similarity: dict[str, dict[str, dict[str, float]]], *, title: str, tolerance: float,
+                bridge: str = "teacher ~ student"):
+    """One panel per pair: each similarity (e.g. assistant ~ teacher) before and after training as bars; a
+    dotted line at the final `bridge` similarity, with a band of ± `tolerance`: the level both assistant
+    bars must clear for the assistant to sit between the two models."""
+    pairs = list(similarity)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs) + 0.6, 3.8), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    values = [v for table in similarity.values() for c in table.values() for v in c.values()]
+    for ax, pair in zip(axes[0], pairs):
+        moments = list(similarity[pair])
+        keys = list(similarity[pair][moments[0]])
+        width = 0.8 / len(moments)
+        for k, when in enumerate(moments):
+            xs = np.arange(len(keys)) + (k - (len(moments) - 1) / 2) * width
+            bars = ax.bar(xs, [similarity[pair][when][key] for key in keys], width, label=when, color=f"C{k}")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        level = similarity[pair][moments[-1]][bridge]
+        ax.axhline(level, color="black", ls=":", lw=1.2, label=f"{bridge}, {moments[-1]}")
+        ax.axhspan(level - tolerance, level + tolerance, color="grey", alpha=0.15, lw=0, label=f"± tolerance {tolerance:.2f}")
+        ax.set_xticks(range(len(keys)), [key.replace(" ~ ", " ~\n") for key in keys], fontsize=8)
+        ax.set(title=pair, ylabel="CKA (linear, unbiased)")
+        ax.set_ylim(min(0.0, min(values) - 0.05), 1.05)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    return fig
+
+
 def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xscale: str = "linear",
            styles: dict[str, str] | None = None, colors: dict[str, str] | None = None, xticks: list | None = None,
            ax=None, hlines: dict[str, float] | None = None):
