@@ -138,6 +138,67 @@ def mean_attention_distance(model: nn.Module, images: torch.Tensor) -> list[torc
     return _each_attention(model, images, reduce)
 
 
+def attention_distance_per_image(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, an (images, heads) tensor: `mean_attention_distance` before averaging over images,
+    so its spread over images and heads can be measured. Swin: averaged over each image's windows."""
+    n = len(images)
+
+    def reduce(layer: AttentionLayer, attn: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(attn.shape[-1])
+        if side * side != attn.shape[-1]:
+            raise ValueError(f"cannot place {attn.shape[-1]} tokens on a square grid")
+        per_query = (attn * _grid_distances(side, layer.pixels_per_token, attn.device)).sum(-1)
+        return per_query.mean(-1).reshape(n, -1, attn.shape[1]).mean(1).cpu()
+
+    return _each_attention(model, images, reduce)
+
+
+@dataclass
+class Locality:
+    """How local one attention layer is, against uniform attention over the same grid (all in px).
+
+    `gap` = uniform - mean distance (positive: more local than uniform); `spread` = standard deviation of
+    the per-image, per-head distances. A difference counts only beyond `tolerance` = the larger of the
+    spread and `min_effect` (a floor: near-uniform attention varies so little between images that a
+    consistent but tiny difference would otherwise count). `local_heads`: heads whose own gap exceeds the
+    larger of their spread over images and `min_effect`. Verdict: "local" when gap > tolerance, "wider
+    than uniform" when -gap > tolerance, otherwise "some heads local" when a head is, else
+    "no locality learned".
+    """
+
+    mean: float
+    spread: float
+    gap: float
+    uniform: float
+    min_effect: float
+    local_heads: int
+    heads: int
+
+    @property
+    def tolerance(self) -> float:
+        return max(self.spread, self.min_effect)
+
+    @property
+    def verdict(self) -> str:
+        if self.gap > self.tolerance:
+            return "local"
+        if -self.gap > self.tolerance:
+            return "wider than uniform"
+        return "some heads local" if self.local_heads else "no locality learned"
+
+
+def locality(per_image: torch.Tensor, uniform: float, min_fraction: float = 0.05) -> Locality:
+    """The `Locality` of one layer from its (images, heads) attention distances (`attention_distance_per_image`);
+    differences under `min_fraction` of the uniform distance never count (5%: 0.8 px for 16.5 px)."""
+    d = torch.as_tensor(per_image, dtype=torch.float64)
+    if d.dim() != 2 or d.shape[0] < 2:
+        raise ValueError(f"per_image must be (images >= 2, heads), got shape {tuple(d.shape)}")
+    floor = min_fraction * uniform
+    head_gap, head_spread = uniform - d.mean(0), d.std(0).clamp_min(floor)
+    return Locality(mean=d.mean().item(), spread=d.std().item(), gap=uniform - d.mean().item(), uniform=uniform,
+                    min_effect=floor, local_heads=int((head_gap > head_spread).sum()), heads=d.shape[1])
+
+
 def query_attention(model: nn.Module, images: torch.Tensor, layer: int, head: int,
                     query: tuple[int, int] | None = None) -> torch.Tensor:
     """(side, side) attention of one query patch (default: the centre) for one ViT layer and head,
@@ -165,7 +226,10 @@ class ERF:
 
     `map` is |d centre / d input| summed over input channels and averaged over images, scaled to max 1;
     `sides[q]` is the side in pixels of the smallest square, centred on the unit, holding fraction q of
-    the gradient mass (it may exceed the image when the mass reaches the corners).
+    the gradient mass. A feature map with an even side has no middle unit, so the centre unit sits half
+    a unit off the image's middle: a square reaching the far edge overhangs the near one, and its side
+    can exceed the image (36 px on a 32 px image). `box(q)` is that square clipped to the image,
+    `extent(q)` its larger side (at most the image), `covers_image(q)` whether it is the whole image.
     """
 
     map: torch.Tensor
@@ -173,6 +237,23 @@ class ERF:
     centre: tuple[float, float]  # (y, x) in input pixels
     grid: tuple[int, int]        # the feature map's (H, W)
     stage: int | None
+
+    def box(self, q: float) -> tuple[float, float, float, float]:
+        """(top, left, bottom, right) pixel edges of the q-mass square, clipped to the image."""
+        h, w = self.map.shape
+        half = self.sides[q] / 2
+        cy, cx = self.centre
+        return max(cy - half, -0.5), max(cx - half, -0.5), min(cy + half, h - 0.5), min(cx + half, w - 0.5)
+
+    def extent(self, q: float) -> float:
+        """Larger side (px) of the q-mass square within the image: never more than the image."""
+        top, left, bottom, right = self.box(q)
+        return max(bottom - top, right - left)
+
+    def covers_image(self, q: float) -> bool:
+        """True when the q-mass square, clipped to the image, is the whole image."""
+        h, w = self.map.shape
+        return self.box(q) == (-0.5, -0.5, h - 0.5, w - 0.5)
 
 
 def _square_sides(mass: torch.Tensor, centre: tuple[float, float],
@@ -293,12 +374,17 @@ def token_mixing_weights(model: nn.Module, block: int) -> torch.Tensor:
     return weight.detach().cpu().reshape(weight.shape[0], side, side)
 
 
-def neighbour_correlation(weights: torch.Tensor) -> float:
-    """Mean correlation between side-by-side entries of weight images (units, H, W), each centred on its
+def neighbour_correlations(weights: torch.Tensor) -> torch.Tensor:
+    """(units,) correlation between side-by-side entries of each weight image (units, H, W), centred on its
     own mean: about 0 for random weights, clearly positive for smooth, local (blob-like) patterns."""
     if weights.dim() != 3 or min(weights.shape[1:]) < 2:
         raise ValueError(f"weights must be (units, H, W) with H, W >= 2, got {tuple(weights.shape)}")
     w = weights.double() - weights.double().mean((1, 2), keepdim=True)
     pairs = torch.cat([(w[:, 1:, :] * w[:, :-1, :]).flatten(1), (w[:, :, 1:] * w[:, :, :-1]).flatten(1)], 1)
     variance = (w * w).mean((1, 2))
-    return (pairs.mean(1) / variance).mean().item()
+    return pairs.mean(1) / variance
+
+
+def neighbour_correlation(weights: torch.Tensor) -> float:
+    """Mean of `neighbour_correlations` over units."""
+    return neighbour_correlations(weights).mean().item()

@@ -1,5 +1,10 @@
-"""The HTML site of a notebook run: one card per notebook (status, time, figures, links), each notebook
-rendered to HTML with its figures, and `run.json` with the machine the numbers come from."""
+"""The HTML site of a notebook run: one card per notebook (its finding, status, time, figures, links),
+each notebook rendered to HTML with its figures, and `run.json` with the machine the numbers come from.
+
+A notebook states its finding by calling `finding(paper=..., measured=...)`, which prints one line
+`FINDING: paper says ... / we measured ...` from the numbers it just computed; its card shows the last
+such line of its outputs, so the site says what each notebook found without opening it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,30 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from .results import machine
+
+FINDING_PREFIX = "FINDING:"
+
+
+def finding(paper: str, measured: str) -> str:
+    """Print a notebook's finding as one line, `FINDING: paper says <paper> / we measured <measured>`, and
+    return it. Build `measured` from this run's numbers; the site's card shows the line."""
+    if not paper.strip() or not measured.strip():
+        raise ValueError("a finding needs both what the paper says and what this run measured")
+    line = f"{FINDING_PREFIX} paper says {' '.join(paper.split())} / we measured {' '.join(measured.split())}"
+    print(line, flush=True)
+    return line
+
+
+def findings(node) -> list[str]:
+    """The finding lines (prefix removed) printed by an executed notebook's cells, in order."""
+    found = []
+    for cell in node.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            text = "".join(text) if isinstance(text, list) else text
+            found += [line[len(FINDING_PREFIX):].strip() for line in text.splitlines()
+                      if line.startswith(FINDING_PREFIX)]
+    return found
 
 
 @dataclass
@@ -99,61 +128,81 @@ def _esc(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _card(nb: NotebookRun, node) -> str:
-    """One notebook's card: title, blurb, status, wall time, check cells, first figure, links, and a
-    strip with every figure the notebook drew (each links to its full-size PNG)."""
+def _blurb(node, fallback: str) -> tuple[str, str]:
+    """The notebook's title and its first prose paragraph (at most ~300 characters)."""
     paragraphs = [" ".join(part.split()) for c in node.cells if c.cell_type == "markdown"
                   for part in re.split(r"\n\s*\n", c.source)]
-    title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), nb.name)
+    title = next((p.lstrip("# ") for p in paragraphs if p.startswith("# ")), fallback)
     blurb = next((p for p in paragraphs if p and not p.startswith(("#", "[![", "<", "|", "!", "-", "*", "$"))), "")
     blurb = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", blurb).replace("*", "").replace("`", "")
     if len(blurb) > 300:
         blurb = blurb[:300].rsplit(" ", 1)[0] + " …"
+    return title, blurb
+
+
+def _finding_html(nb: NotebookRun, node) -> str:
+    """The card's one-line finding: the notebook's last FINDING line, split at ' / we measured '."""
+    if nb.status == "not run":
+        return ""
+    lines = findings(node) if nb.status == "ok" else []
+    if not lines:
+        return '<p class="finding none">no finding stated (the notebook printed no FINDING line)</p>'
+    paper, _, measured = lines[-1].partition(" / we measured ")
+    paper = paper.removeprefix("paper says ")
+    measured_html = f'<br><b>we measured</b> {_esc(measured)}' if measured else ""
+    return f'<p class="finding"><b>paper says</b> {_esc(paper)}{measured_html}</p>'
+
+
+def _card(nb: NotebookRun, node) -> str:
+    """One notebook's card: title, finding, status, wall time, check cells, links, then every figure the
+    notebook drew, large; clicking a figure opens its full-size PNG."""
+    title, blurb = _blurb(node, nb.name)
     checks = sum(any(line.lstrip().startswith("assert") for line in c.source.splitlines())
                  for c in node.cells if c.cell_type == "code")
     extra = {k: v for k, v in nb.parameters.items() if k != "PROFILE"}
-    thumb = (f'<a href="{_esc(nb.html.name)}"><img src="figures/{_esc(nb.figures[0].name)}" alt="first figure"></a>'
-             if nb.figures and nb.html else '<div class="nofig">no figure</div>')
     links = (f'<a href="{_esc(nb.html.name)}">HTML</a> &middot; <a href="{_esc(nb.output.name)}">executed .ipynb</a>'
              if nb.html else "not executed")
     error = f'<pre class="error">{_esc(nb.error)}</pre>' if nb.error else ""
-    gallery = "".join(f'<a href="figures/{_esc(f.name)}" title="figure {i}"><img src="figures/{_esc(f.name)}" '
-                      f'alt="figure {i} of {_esc(nb.name)}"></a>' for i, f in enumerate(nb.figures, 1))
-    gallery = f'<div class="gallery">{gallery}</div>' if len(nb.figures) > 1 else ""
+    figures = "".join(f'<figure><a href="figures/{_esc(f.name)}" target="_blank" title="open full size">'
+                      f'<img src="figures/{_esc(f.name)}" alt="figure {i} of {_esc(nb.name)}" loading="lazy"></a>'
+                      f'<figcaption>figure {i} &middot; click for full size</figcaption></figure>'
+                      for i, f in enumerate(nb.figures, 1))
+    gallery = f'<div class="gallery">{figures}</div>' if figures else '<div class="nofig">no figure</div>'
     params = f"<p class=\"meta\">parameters: {_esc(extra)}</p>" if extra else ""
     return f"""<article class="card {nb.status.replace(' ', '-')}">
-  {thumb}
-  <div class="body">
-    <h2><a href="{_esc(nb.html.name) if nb.html else '#'}">{_esc(title)}</a></h2>
-    <p class="meta"><span class="badge">{_esc(nb.status)}</span> {nb.wall_s:.1f} s &middot; {len(nb.figures)} figures
-      &middot; {checks} check cells &middot; <code>{_esc(nb.source.name)}</code></p>
-    <p>{_esc(blurb)}</p>{params}{error}
-    <p class="links">{links}</p>
-  </div>
+  <h2><a href="{_esc(nb.html.name) if nb.html else '#'}">{_esc(title)}</a></h2>
+  {_finding_html(nb, node)}
+  <p class="meta"><span class="badge">{_esc(nb.status)}</span> {nb.wall_s:.1f} s &middot; {len(nb.figures)} figures
+    &middot; {checks} check cells &middot; <code>{_esc(nb.source.name)}</code> &middot; {links}</p>
+  <p class="blurb">{_esc(blurb)}</p>{params}{error}
   {gallery}
 </article>"""
 
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tas_lite notebooks ({profile})</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; background: #f6f7f9; color: #1f2937; }
 header { background: #1e3a8a; color: white; padding: 22px 32px; }
 header h1 { margin: 0 0 6px; font-size: 26px; } header p { margin: 0; opacity: .9; }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; padding: 24px 32px; }
-.card { display: flex; flex-wrap: wrap; gap: 16px; background: white; border-radius: 10px; padding: 14px;
-        box-shadow: 0 1px 3px rgba(0,0,0,.12); border-left: 6px solid #9ca3af; }
+main { display: flex; flex-direction: column; gap: 22px; padding: 24px 32px; max-width: 1500px; margin: 0 auto; }
+.card { background: white; border-radius: 10px; padding: 16px 20px; box-shadow: 0 1px 3px rgba(0,0,0,.12);
+        border-left: 6px solid #9ca3af; }
 .card.ok { border-left-color: #16a34a; } .card.failed { border-left-color: #dc2626; }
-.card img, .nofig { width: 220px; height: 160px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 6px; background: white; }
-.gallery { flex-basis: 100%; display: flex; flex-wrap: wrap; gap: 8px; }
-.gallery img { width: auto; height: 96px; max-width: 180px; object-fit: contain; border: 1px solid #e5e7eb; border-radius: 4px; }
-.nofig { display: flex; align-items: center; justify-content: center; color: #9ca3af; }
-.body { flex: 1; min-width: 0; } h2 { font-size: 18px; margin: 0 0 4px; } h2 a { color: #1e3a8a; text-decoration: none; }
-.meta { color: #4b5563; font-size: 13px; margin: 4px 0; }
+h2 { font-size: 20px; margin: 0 0 8px; } h2 a { color: #1e3a8a; text-decoration: none; }
+.finding { font-size: 16px; background: #eff6ff; border-left: 4px solid #1e3a8a; padding: 8px 12px; margin: 6px 0 10px; }
+.finding.none { background: #f9fafb; border-left-color: #9ca3af; color: #6b7280; font-size: 14px; }
+.meta { color: #4b5563; font-size: 13px; margin: 4px 0; } .blurb { margin: 6px 0 12px; color: #374151; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 9px; background: #e5e7eb; font-weight: 600; }
 .ok .badge { background: #dcfce7; color: #166534; } .failed .badge { background: #fee2e2; color: #991b1b; }
 .error { background: #fef2f2; color: #991b1b; padding: 6px; white-space: pre-wrap; font-size: 12px; }
-.links a { font-weight: 600; }
+.links a, .meta a { font-weight: 600; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 14px; }
+figure { margin: 0; border: 1px solid #e5e7eb; border-radius: 6px; padding: 6px; background: white; }
+figure img { display: block; width: 100%; height: auto; max-height: 520px; object-fit: contain; cursor: zoom-in; }
+figcaption { font-size: 12px; color: #6b7280; text-align: center; margin-top: 4px; }
+.nofig { color: #9ca3af; padding: 12px; border: 1px dashed #e5e7eb; border-radius: 6px; text-align: center; }
 </style></head>
 <body><header><h1>tas_lite: heterogeneous distillation notebooks</h1><p>{summary}</p></header>
 <main>

@@ -1,6 +1,7 @@
 """The notebooks' contract: clean commits, a Colab badge, one papermill parameters cell."""
 
 import json
+import re
 
 import pytest
 
@@ -28,3 +29,45 @@ def test_notebook_follows_the_conventions(path):
     source = "".join(tagged[0]["source"])
     assert source.startswith("import os") and 'PROFILE = os.environ.get("TAS_LITE_PROFILE", "cpu")' in source
     assert any("assert " in "".join(c["source"]) for c in code), "every notebook has check cells"
+
+
+# Notebooks in the course's teaching form: a computed Summary that states the finding, Exercises, and one
+# Checks cell at the end holding every test-only assert (notebooks 05 and 06 will join this list).
+COURSE_FORM = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
+
+
+def _headings(cells) -> list[tuple[int, str]]:
+    return [(k, line.strip()) for k, c in enumerate(cells) if c["cell_type"] == "markdown"
+            for line in "".join(c["source"]).splitlines() if line.startswith("## ")]
+
+
+@pytest.mark.parametrize("path", COURSE_FORM, ids=lambda p: p.stem)
+def test_notebook_ends_with_summary_exercises_and_checks(path):
+    cells = json.loads(path.read_text())["cells"]
+    headings = _headings(cells)
+    titles = [title for _, title in headings]
+    assert titles[-3:] == ["## Summary", "## Exercises", "## Checks"], f"last sections must be Summary, Exercises, Checks: {titles}"
+    summary_at = dict((t, k) for k, t in headings)["## Summary"]
+    summary_code = "".join("".join(c["source"]) for c in cells[summary_at:] if c["cell_type"] == "code")
+    assert "report.finding(" in summary_code, "the Summary computes the notebook's finding (report.finding)"
+    exercises = "".join("".join(c["source"]) for c in cells
+                        if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"]))
+    exercises = exercises.split("## Exercises", 1)[1].split("## Checks", 1)[0]
+    items = [block for block in re.split(r"\n(?=\d+\. )", exercises) if re.match(r"\d+\. ", block)]
+    assert len(items) >= 3 and all("`" in item for item in items), "at least 3 numbered, runnable exercises"
+
+
+@pytest.mark.parametrize("path", COURSE_FORM, ids=lambda p: p.stem)
+def test_test_only_asserts_live_in_the_final_checks_cell(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert cells[-1] is code[-1], "the Checks cell is the notebook's last cell"
+    with_asserts = [k for k, c in enumerate(code) if any(line.lstrip().startswith("assert ")
+                                                           for line in "".join(c["source"]).splitlines())]
+    assert with_asserts == [len(code) - 1], f"asserts outside the Checks cell, in code cells {with_asserts[:-1]}"
+
+
+@pytest.mark.parametrize("path", COURSE_FORM, ids=lambda p: p.stem)
+def test_notebook_declares_progress_for_its_long_cells(path):
+    params = "".join(json.loads(path.read_text())["cells"][2]["source"])
+    assert "\nPROGRESS = None" in params, "PROGRESS: bars in a live session, quiet when the runner passes False"
