@@ -1,13 +1,14 @@
-"""Command line: `python -m tas_lite run | sweep | bench` (also installed as `tas-lite`)."""
+"""Command line: `python -m tas_lite run | train | sweep | bench` (also installed as `tas-lite`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import bench as bench_module
-from . import config, experiments, methods, profiles, runner, tables
+from . import config, distributed, experiments, methods, profiles, runner, tables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="configurations trained at once, in separate "
                                                               "processes sharing the cores (default: 1)")
     sweep.add_argument("--out", help="results folder (default: outputs/sweep/<profile>)")
+    sweep.add_argument("--shard", metavar="I/N", help="train only share I of N of the configurations (0/4 .. 3/4), "
+                                                      "machines sharing one --out folder; default: the SLURM job "
+                                                      "array's task (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT) "
+                                                      "when set, else all")
+    sweep.add_argument("--devices", metavar="LIST", help="one configuration per device at once, e.g. cuda:0,cuda:1")
+    _train_parser(commands, names)
 
     bench = commands.add_parser("bench", help="measure the speed claims side by side; print and save JSON")
     bench.add_argument("--device", default="cpu", choices=list(config.DEVICES))
@@ -51,6 +58,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_parser(commands, names: list[str]) -> None:
+    train = commands.add_parser(
+        "train", help="one configuration (teacher, student, method, seed); on N processes under torchrun (DDP)",
+        description="Train one configuration. Under `torchrun --nproc_per_node N -m tas_lite train ...` the N "
+                    "processes share the global --batch-size (each takes batch / N; the global batches are "
+                    "those one process would take) and train one DDP model; rank 0 alone logs and writes.")
+    train.add_argument("--profile", choices=names, default="cpu")
+    train.add_argument("--teacher", help="default: the profile's teacher")
+    train.add_argument("--student", help="default: the profile's student")
+    train.add_argument("--method", default="tas", help="a method or variant (default: tas)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, help="default: the profile's epochs")
+    train.add_argument("--batch-size", type=int, help="the global batch, over all processes (default: the profile's)")
+    train.add_argument("--max-steps", type=int, help="cap on steps per epoch (default: the profile's)")
+    train.add_argument("--dataset", help="default: the profile's dataset")
+    train.add_argument("--paper", action="store_true", help="the paper's protocol: all 50k CIFAR-100 training images "
+                       "train, the best test epoch is reported (labelled as the paper's way); CIFAR-100 only")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default: the profile's; under torchrun each "
+                                        "process takes cuda:<local rank>)")
+    train.add_argument("--backend", choices=list(distributed.BACKENDS), default="auto",
+                       help="process-group backend under torchrun (auto: nccl on CUDA, gloo on CPU)")
+    train.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm for a CNN student under DDP (CUDA)")
+    train.add_argument("--out", help="results folder (default: outputs/train/<profile>)")
+    train.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint in --out")
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """The `train` command: resolve, check, join the process group, run one configuration, report."""
+    settings = profiles.resolve(args.profile, epochs=args.epochs, batch_size=args.batch_size, dataset=args.dataset,
+                                max_steps=args.max_steps, device=args.device, paper=args.paper or None)
+    methods.check(args.method)
+    ctx = distributed.from_env()
+    device = distributed.device_for(settings.device, ctx)
+    distributed.check_batch(settings.batch_size, ctx.world_size)
+    ctx = distributed.init(ctx, device, args.backend)
+    teacher, student = args.teacher or settings.teacher, args.student or settings.student
+    out = Path(args.out) if args.out else config.outputs_dir() / "train" / settings.profile
+    name = experiments.result_name(teacher, student, args.method, args.seed)
+    try:
+        result = experiments.run(args.method, teacher, student, settings, seed=args.seed, out_dir=out, dist=ctx,
+                                 checkpoint_dir=out / "checkpoints" / Path(name).stem, resume=args.resume,
+                                 sync_bn=args.sync_bn, command="python -m tas_lite " + " ".join(argv or sys.argv[1:]))
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        print(experiments.summary(result))
+        print(f"saved {out / name}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run one command; exit status 2 for bad input, 1 for a failed notebook."""
     args = _parser().parse_args(argv)
@@ -59,13 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = {name: runner.parse_value(value) for name, value in args.parameter}
             runner.run(args.profile, notebooks_dir=args.notebooks, only=args.only, parameters=params,
                        out_dir=args.out, cell_timeout=args.cell_timeout)
+        elif args.command == "train":
+            _train(args, argv)
         elif args.command == "sweep":
             settings = profiles.resolve(args.profile, epochs=args.epochs)
+            shard = distributed.parse_shard(args.shard) if args.shard else distributed.shard_from_env()
             table = experiments.sweep(settings, args.teachers, args.students, args.methods, args.seeds,
                                       out_dir=args.out, metric=args.metric, workers=args.workers,
-                                      command="python -m tas_lite " + " ".join(argv or sys.argv[1:]))
-            print(table.markdown())
-            print("\nPaired by seed:\n" + table.verdicts_markdown())
+                                      command="python -m tas_lite " + " ".join(argv or sys.argv[1:]),
+                                      shard=shard, devices=args.devices)
+            if table is not None:
+                print(table.markdown())
+                print("\nPaired by seed:\n" + table.verdicts_markdown())
         else:
             report = bench_module.bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair,
                                         notebooks=args.notebooks, threads=args.threads, out=args.out)
