@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="JSON file to write (e.g. outputs/bench.json)")
     bench.add_argument("--repeats", type=int, default=15, help="interleaved timed steps per method")
     bench.add_argument("--paper-pair", action=argparse.BooleanOptionalAction, default=None,
-                       help="also time convnext_tiny -> deit_tiny at 224 px (default: on CUDA only)")
+                       help="also time the paper's pairs, ViT-S -> ResNet18 and ConvNeXt-T -> DeiT-T, at 224 px, "
+                            "batch 16, with each method's added parameters (default: on CUDA only)")
+    bench.add_argument("--ddp", action="store_true", help="also time one DDP step on 2 processes (gloo) against one")
     bench.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=True,
                        help="time each notebook in the smoke profile (default: on)")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -118,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train":
             _train(args, argv)
         elif args.command == "sweep":
+            if distributed.from_env().active:
+                raise ValueError("sweep spreads configurations, not processes: start it without torchrun and use "
+                                 "--shard (machines, SLURM arrays) or --devices (GPUs of one machine)")
             settings = profiles.resolve(args.profile, epochs=args.epochs)
             shard = distributed.parse_shard(args.shard) if args.shard else distributed.shard_from_env()
             table = experiments.sweep(settings, args.teachers, args.students, args.methods, args.seeds,
@@ -129,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\nPaired by seed:\n" + table.verdicts_markdown())
         else:
             report = bench_module.bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair,
-                                        notebooks=args.notebooks, threads=args.threads, out=args.out)
+                                        ddp=args.ddp, notebooks=args.notebooks, threads=args.threads, out=args.out)
             print(bench_module.format_table(report))
             if args.out:
                 print(f"saved {args.out}")

@@ -186,6 +186,16 @@ def gather_objects(ctx: Context, obj: Any) -> list[Any]:
     return out
 
 
+@torch.no_grad()
+def broadcast_module(ctx: Context, module: nn.Module | None) -> None:
+    """Rank 0's weights and buffers into every process's copy of `module` (e.g. a teacher each process
+    loaded from its own cache): every process then distils from the very same model."""
+    if not ctx.active or module is None:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
 class _Gather(torch.autograd.Function):
     """all_gather along dim 0 whose backward hands each process the summed gradient of its own slice."""
 

@@ -87,6 +87,8 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
                                         seed=seed, val_fraction=0.0 if settings.paper else 0.1, policy=recipe.augment,
                                         shard=(dist.rank, dist.world_size) if dist.active else None)
     device = str(distributed.device_for(settings.device, dist)) if dist.active else settings.device
+    if dist.active and t_model is not None:  # one teacher, even where processes read different caches
+        distributed.broadcast_module(dist, t_model.to(device))
     result = distill.fit(method, t_model, s_model, train, test if settings.paper else val, test=test,
                          epochs=settings.epochs, seed=seed, recipe=recipe, device=device, amp=settings.amp,
                          progress=progress and dist.is_main, max_steps=settings.max_steps, method_kwargs=method_kwargs,

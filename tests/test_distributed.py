@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tas_lite import config, data, distill, distributed, experiments, models, profiles, teachers
+from tas_lite import bench, config, data, distill, distributed, experiments, models, profiles, teachers
 from tas_lite.__main__ import main
 from tas_lite.experiments import result_name
 
@@ -261,6 +261,7 @@ TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR"
     (["train", "--profile", "smoke"], {**TORCHRUN_ENV, "MASTER_ADDR": None}, "start distributed runs with torchrun"),
     (["sweep", "--profile", "smoke", "--shard", "3/2"], {}, "shard '3/2' is out of range"),
     (["sweep", "--profile", "smoke", "--devices", "cuda:5"], {}, "CUDA is not available"),
+    (["sweep", "--profile", "smoke"], TORCHRUN_ENV, "start it without torchrun"),
 ])
 def test_bad_input_stops_before_any_work(argv, env, match, monkeypatch, capsys):
     monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("nothing may train"))
@@ -273,3 +274,11 @@ def test_bad_input_stops_before_any_work(argv, env, match, monkeypatch, capsys):
             monkeypatch.setenv(name, value)
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_times_a_ddp_step_on_two_processes_against_one():
+    d = bench.ddp_overhead("tiny_convnext", "tiny_vit", img_size=32, batch_size=8, repeats=2, warmup=1,
+                           progress=False)
+    assert set(d["step_time_s"]) == {"1 process", "2 processes"} and all(v > 0 for v in d["step_time_s"].values())
+    assert d["overhead"] == pytest.approx(d["step_time_s"]["2 processes"] / d["step_time_s"]["1 process"] - 1, abs=2e-3)
