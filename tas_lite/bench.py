@@ -51,9 +51,11 @@ def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Modu
 
 def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
                num_classes: int = 10, device: str = "cpu", repeats: int = 15, warmup: int = 3,
-               seed: int = 0) -> dict[str, list[float]]:
+               seed: int = 0, cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per training step of each method: every repeat times each method once, the order rotated
-    by one each repeat; untrained models on one fixed random batch (speed does not depend on weights)."""
+    by one each repeat; untrained models on one fixed random batch (speed does not depend on weights).
+    `cpu`, when given, receives each step's process CPU seconds too: on a machine other jobs share, CPU
+    time counts the work a step does while wall time also counts the waiting for a core."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     dev = config.device(device)
@@ -73,10 +75,12 @@ def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_s
     for r in range(repeats):
         for m in order[r % len(order):] + order[:r % len(order)]:
             _sync(dev)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[m](x, y)
             _sync(dev)
             times[m].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(m, []).append(time.process_time() - start_cpu)
     return times
 
 
@@ -85,14 +89,23 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def summarise(times: dict[str, list[float]], batch_size: int) -> dict[str, Any]:
-    """Median step time, images/s and the step-time ratios of whichever of tas, ofa and kd were timed."""
+def _ratios(median: dict[str, float]) -> dict[str, float]:
+    return {f"{a}/{b}": round(median[a] / median[b], 3) for a, b in RATIOS if a in median and b in median}
+
+
+def summarise(times: dict[str, list[float]], batch_size: int,
+              cpu: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Median step time, images/s and the step-time ratios of whichever of tas, ofa and kd were timed;
+    with `cpu`, the median CPU seconds per step and their ratios as well."""
     median = {m: statistics.median(ts) for m, ts in times.items()}
-    ratios = {f"{a}/{b}": round(median[a] / median[b], 3) for a, b in RATIOS if a in median and b in median}
-    return {"step_time_s": {m: round(v, 5) for m, v in median.items()},
-            "step_time_iqr_s": {m: round(_iqr(ts), 5) for m, ts in times.items()},
-            "images_per_s": {m: round(batch_size / v, 1) for m, v in median.items()},
-            "step_time_ratio": ratios}
+    out = {"step_time_s": {m: round(v, 5) for m, v in median.items()},
+           "step_time_iqr_s": {m: round(_iqr(ts), 5) for m, ts in times.items()},
+           "images_per_s": {m: round(batch_size / v, 1) for m, v in median.items()},
+           "step_time_ratio": _ratios(median)}
+    if cpu:
+        cpu_median = {m: statistics.median(ts) for m, ts in cpu.items()}
+        out.update(cpu_time_s={m: round(v, 5) for m, v in cpu_median.items()}, cpu_time_ratio=_ratios(cpu_median))
+    return out
 
 
 def _iqr(values: list[float]) -> float:
@@ -133,10 +146,11 @@ def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batc
     for pair in PAPER_PAIRS:
         say(progress, f"step times: {pair['label']} ({pair['teacher']} -> {pair['student']}), 224 px, batch {batch}, "
                       f"{repeats} interleaved repeats on {device}")
+        cpu: dict[str, list[float]] = {}
         times = step_times(PAPER_METHODS, pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
                            batch_size=batch, num_classes=PAPER_SETUP["num_classes"], device=device, repeats=repeats,
-                           warmup=warmup)
-        row = {**pair, "img_size": PAPER_SETUP["img_size"], "batch_size": batch, **summarise(times, batch),
+                           warmup=warmup, cpu=cpu if device == "cpu" else None)
+        row = {**pair, "img_size": PAPER_SETUP["img_size"], "batch_size": batch, **summarise(times, batch, cpu),
                "parameters": added_parameters(pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
                                               num_classes=PAPER_SETUP["num_classes"])}
         targets = PAPER_TARGETS.get(pair["label"], {})
@@ -279,6 +293,8 @@ def _pair_lines(label: str, pair: dict, numbers: dict, targets: dict) -> list[st
         target = targets.get(key)
         verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'NOT met'})"
         lines.append(f"  step-time ratio {key}: {value:.2f}{verdict}")
+    for key, value in numbers.get("cpu_time_ratio", {}).items():
+        lines.append(f"  CPU-time ratio {key}: {value:.2f} (the work per step, whatever else shares the cores)")
     if "parameters" in numbers:
         p = numbers["parameters"]
         lines.append("  added parameters: " + ", ".join(f"{m} {n / 1e6:.2f}M" for m, n in p["added"].items())

@@ -414,9 +414,19 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
     run.meta = {"method": name, "run_id": f"{name}|{result.teacher}|{result.student}|seed={seed}|epochs={epochs}"}
     run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device) if dist.is_main else None
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    first = load_checkpoint(run, result, train, ckpt) if resume and ckpt is not None and ckpt.is_file() else 0
+    first = _resume_point(run, result, train, ckpt) if resume and ckpt is not None else 0
     _train_epochs(run, result, train, val, range(first, epochs), ckpt, progress=progress and dist.is_main)
     return finish(run, result, test) if dist.is_main else result
+
+
+def _resume_point(run: Run, result: Result, train, ckpt: Path) -> int:
+    """The first epoch to train: the one after the checkpoint's when there is one, 0 otherwise. Every process
+    of a distributed run must see the same file (a filesystem all nodes share)."""
+    found = distributed.gather_objects(run.dist, ckpt.is_file())
+    if len(set(found)) > 1:
+        raise ValueError(f"only some processes see the checkpoint {ckpt} (by rank: {found}); put --out on a "
+                         f"filesystem every node shares")
+    return load_checkpoint(run, result, train, ckpt) if found[0] else 0
 
 
 def _train_epochs(run: Run, result: Result, train, val, epochs: range, ckpt: Path | None, *, progress: bool) -> None:

@@ -56,6 +56,7 @@ def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
     (row,) = bench.paper_pairs(repeats=1, warmup=0, progress=False)
     assert set(row["step_time_ratio"]) == {"tas/kd", "tas/ofa", "ofa/kd"} and row["batch_size"] == 4
     assert set(row["meets_targets"]) == {"tas/kd", "tas/ofa"} and row["targets"]["tas/kd"] == 1.2
+    assert set(row["cpu_time_ratio"]) == set(row["step_time_ratio"]) and min(row["cpu_time_s"].values()) > 0
     added = row["parameters"]["added"]
     assert added["kd"] == 0 and 0 < added["ofa:s123"] < added["ofa"] and added["tas"] > 0
     assert row["parameters"]["ratio"]["ofa:s123/ofa"] == round(added["ofa:s123"] / added["ofa"], 3)

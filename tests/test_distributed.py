@@ -125,6 +125,19 @@ def test_ddp_on_two_processes_matches_one_writes_once_and_resumes_after_a_kill(t
     assert all(torch.equal(resumed[k], ddp[k]) for k in ddp), "resume must end with the uninterrupted weights"
 
 
+@pytest.mark.slow
+def test_train_runs_without_torchrun_and_resumes(tmp_path, capsys):
+    """The same command as under torchrun, in one process: results JSON, per-epoch checkpoint, resume."""
+    argv = [*TRAIN, "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "final test accuracy" in out and "best on validation" in out and out.count("saved ") == 1
+    result = experiments.Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0))
+    assert "processes" not in result.config and result.config["provenance"]["command"].startswith("python -m tas_lite train")
+    assert main([*argv, "--resume"]) == 0  # the checkpoint is complete: nothing left to train
+    assert experiments.Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0)).history == result.history
+
+
 def test_info_nce_gathers_nothing_in_one_process():
     assert distributed.world() == (0, 1)
     x = torch.randn(4, 3, requires_grad=True)
