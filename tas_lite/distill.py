@@ -5,6 +5,8 @@ recipes, AMP and channels_last on CUDA, per-epoch history of every loss term, ch
 epoch end with exact resume, and a clear stop on a non-finite loss. It reads in four parts:
 `start` (set-up), `train_step` (one optimiser step, also what `bench` times), `train_epoch` and
 `finish` (final evaluation); `save_checkpoint` and `load_checkpoint` (resume) sit between epochs.
+The same loop runs as one process of a DDP run (`dist=`, see `tas_lite.distributed`): the method's
+trainable parts in one DDP module, the sampler told each epoch, rank 0 alone validating and writing.
 """
 
 from __future__ import annotations

@@ -244,6 +244,21 @@ def test_devices_that_do_not_exist_are_rejected(monkeypatch):
         distributed.device_for("cuda", distributed.Context(2, 3, 2))
 
 
+def test_a_backend_that_cannot_run_here_is_named(monkeypatch):
+    cpu = torch.device("cpu")
+    assert distributed.backend_for(cpu) == "gloo"
+    with pytest.raises(ValueError, match="backend nccl needs CUDA devices"):
+        distributed.backend_for(cpu, "nccl")
+    with pytest.raises(ValueError, match="unknown backend 'mpi'"):
+        distributed.backend_for(cpu, "mpi")
+    monkeypatch.setattr(distributed.dist, "is_gloo_available", lambda: False)
+    with pytest.raises(ValueError, match="backend gloo is not available in this build of torch"):
+        distributed.backend_for(cpu)
+    monkeypatch.setattr(distributed.dist, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="this build of torch has no torch.distributed"):
+        distributed.backend_for(cpu)
+
+
 def test_global_batch_must_divide_over_processes():
     assert distributed.check_batch(128, 4) == 32
     with pytest.raises(ValueError, match="the global batch 30 does not divide over 4 processes"):
