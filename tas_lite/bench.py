@@ -3,13 +3,16 @@
 Step-time ratios come from full training steps (teacher forward, method forward, backward, clipping,
 optimiser step) of every method on the same batch, interleaved in rotated order and summarised by the
 median, so a busy machine slows every method alike. Absolute times depend on the machine (stamped in
-the JSON); the ratios are the claims: TAS <= 1.3x OFA and <= 1.6x KD per step on the cpu pair.
+the JSON); the ratios are the claims: TAS <= 1.3x OFA and <= 1.6x KD per step on the cpu pair, and on the
+paper's ViT-S -> ResNet18 at 224 px TAS <= 1.2x KD and <= 1.0x the authors' default OFA (`--paper-pair`).
+`--ddp` measures what a second DDP process costs per step (no target).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -18,14 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 
-from . import cka, config, distill, methods, models, profiles, runner
+from . import cka, config, distill, distributed, methods, models, profiles, runner
 from .results import machine as base_machine
 from .util import say
 
 TARGETS = {"tas/ofa": 1.3, "tas/kd": 1.6}  # TAS's step-time budget against OFA and KD on the cpu pair
 RATIOS = (("tas", "ofa"), ("tas", "kd"), ("ofa", "kd"))
-PAPER_PAIR = {"teacher": "convnext_tiny", "student": "deit_tiny_patch16_224", "img_size": 224, "num_classes": 100}
+# The paper's pairs at its input size: the CNN student (ViT-S -> ResNet18) and the ViT student (ConvNeXt-T ->
+# DeiT-T). Targets on the first: TAS at most 1.2x KD and no slower than the authors' default OFA.
+PAPER_PAIRS = ({"label": "ViT-S -> ResNet18", "teacher": "vit_small_patch16_224", "student": "resnet18"},
+               {"label": "ConvNeXt-T -> DeiT-T", "teacher": "convnext_tiny", "student": "deit_tiny_patch16_224"})
+PAPER_SETUP = {"img_size": 224, "num_classes": 100, "batch_size": 16}
+PAPER_METHODS = ("kd", "ofa", "tas")
+PAPER_TARGETS = {"ViT-S -> ResNet18": {"tas/kd": 1.2, "tas/ofa": 1.0}}
 
 
 def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Module, img_size: int,
@@ -41,9 +51,11 @@ def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Modu
 
 def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
                num_classes: int = 10, device: str = "cpu", repeats: int = 15, warmup: int = 3,
-               seed: int = 0) -> dict[str, list[float]]:
+               seed: int = 0, cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per training step of each method: every repeat times each method once, the order rotated
-    by one each repeat; untrained models on one fixed random batch (speed does not depend on weights)."""
+    by one each repeat; untrained models on one fixed random batch (speed does not depend on weights).
+    `cpu`, when given, receives each step's process CPU seconds too: on a machine other jobs share, CPU
+    time counts the work a step does while wall time also counts the waiting for a core."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     dev = config.device(device)
@@ -63,10 +75,12 @@ def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_s
     for r in range(repeats):
         for m in order[r % len(order):] + order[:r % len(order)]:
             _sync(dev)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[m](x, y)
             _sync(dev)
             times[m].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(m, []).append(time.process_time() - start_cpu)
     return times
 
 
@@ -75,14 +89,23 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def summarise(times: dict[str, list[float]], batch_size: int) -> dict[str, Any]:
-    """Median step time, images/s and the step-time ratios of whichever of tas, ofa and kd were timed."""
+def _ratios(median: dict[str, float]) -> dict[str, float]:
+    return {f"{a}/{b}": round(median[a] / median[b], 3) for a, b in RATIOS if a in median and b in median}
+
+
+def summarise(times: dict[str, list[float]], batch_size: int,
+              cpu: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Median step time, images/s and the step-time ratios of whichever of tas, ofa and kd were timed;
+    with `cpu`, the median CPU seconds per step and their ratios as well."""
     median = {m: statistics.median(ts) for m, ts in times.items()}
-    ratios = {f"{a}/{b}": round(median[a] / median[b], 3) for a, b in RATIOS if a in median and b in median}
-    return {"step_time_s": {m: round(v, 5) for m, v in median.items()},
-            "step_time_iqr_s": {m: round(_iqr(ts), 5) for m, ts in times.items()},
-            "images_per_s": {m: round(batch_size / v, 1) for m, v in median.items()},
-            "step_time_ratio": ratios}
+    out = {"step_time_s": {m: round(v, 5) for m, v in median.items()},
+           "step_time_iqr_s": {m: round(_iqr(ts), 5) for m, ts in times.items()},
+           "images_per_s": {m: round(batch_size / v, 1) for m, v in median.items()},
+           "step_time_ratio": _ratios(median)}
+    if cpu:
+        cpu_median = {m: statistics.median(ts) for m, ts in cpu.items()}
+        out.update(cpu_time_s={m: round(v, 5) for m, v in cpu_median.items()}, cpu_time_ratio=_ratios(cpu_median))
+    return out
 
 
 def _iqr(values: list[float]) -> float:
@@ -102,18 +125,54 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def added_parameters(teacher: str, student: str, *, img_size: int, num_classes: int,
+                     method_names: Sequence[str] = ("kd", "ofa:s123", "ofa", "tas")) -> dict[str, Any]:
+    """Parameters each method adds to the student (branches, L2G, projectors), and ours against the
+    authors': `ofa:s123` (branches after stages 1-3) over `ofa` (their default, stages 1-4)."""
+    t_model = models.create(teacher, num_classes=num_classes, img_size=img_size)
+    s_model = models.create(student, num_classes=num_classes, img_size=img_size)
+    counts = {m: models.count_parameters(methods.build(m, t_model, s_model, img_size=img_size)) for m in method_names}
+    ratios = {f"{a}/{b}": round(counts[a] / counts[b], 3) for a, b in (("ofa:s123", "ofa"), ("tas", "ofa"))
+              if a in counts and b in counts}
+    return {"added": counts, "student": models.count_parameters(s_model), "ratio": ratios}
+
+
+def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batch_size: int | None = None,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Step times of KD, OFA (the authors' default) and TAS on the paper's pairs at 224 px (batch 16 unless
+    `batch_size`), their ratios against `PAPER_TARGETS`, and each method's added parameters."""
+    batch = batch_size or PAPER_SETUP["batch_size"]
+    rows = []
+    for pair in PAPER_PAIRS:
+        say(progress, f"step times: {pair['label']} ({pair['teacher']} -> {pair['student']}), 224 px, batch {batch}, "
+                      f"{repeats} interleaved repeats on {device}")
+        cpu: dict[str, list[float]] = {}
+        times = step_times(PAPER_METHODS, pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
+                           batch_size=batch, num_classes=PAPER_SETUP["num_classes"], device=device, repeats=repeats,
+                           warmup=warmup, cpu=cpu if device == "cpu" else None)
+        row = {**pair, "img_size": PAPER_SETUP["img_size"], "batch_size": batch, **summarise(times, batch, cpu),
+               "parameters": added_parameters(pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
+                                              num_classes=PAPER_SETUP["num_classes"])}
+        targets = PAPER_TARGETS.get(pair["label"], {})
+        row["targets"] = targets
+        row["meets_targets"] = {k: row["step_time_ratio"][k] <= v for k, v in targets.items()}
+        rows.append(row)
+    return rows
+
+
 def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
           settings: profiles.Settings = profiles.DEFAULT, repeats: int = 15,
           warmup: int = 3, batch_size: int | None = None, paper_pair: bool | None = None,
           cka_kwargs: dict[str, Any] | None = None, notebooks: bool = True,
           notebooks_dir: str | Path | None = None, threads: int | None = None, out: str | Path | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, ddp: bool = False) -> dict:
     """Measure every speed claim in one run; write JSON to `out` when given and return the same dict.
 
     The cpu pair is the settings' teacher -> student at their image size and batch size. `paper_pair`
-    (default: on CUDA) adds convnext_tiny -> deit_tiny at 224 px. `notebooks` times each notebook in the
-    smoke profile through the runner (a failure is recorded, not raised). `threads` sets torch's intra-op
-    threads; on a busy machine 1 thread can be many times faster per step than oversubscribed cores.
+    (default: on CUDA) adds the paper's pairs at 224 px, batch 16 (`paper_pairs`). `ddp` adds the per-step
+    cost of DDP on 2 processes (gloo, CPU) against one (`ddp_overhead`). `notebooks` times each notebook
+    in the smoke profile through the runner (a failure is recorded, not raised). `threads` sets torch's
+    intra-op threads; on a busy machine 1 thread can be many times faster per step than oversubscribed cores.
     """
     if threads is not None:
         if threads < 1:
@@ -133,16 +192,11 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
     report.update(summarise(times, batch))
     report["meets_targets"] = {k: report["step_time_ratio"][k] <= v for k, v in TARGETS.items()
                                if k in report["step_time_ratio"]}
-    if paper_pair if paper_pair is not None else dev.type == "cuda":
-        paper_methods = [m for m in ("baseline", "kd", "ofa", "tas") if m in method_names]
-        paper_batch = batch_size or (128 if dev.type == "cuda" else 4)
-        say(progress, f"step times: {PAPER_PAIR['teacher']} -> {PAPER_PAIR['student']}, 224 px, batch {paper_batch}")
-        paper_times = step_times(paper_methods, PAPER_PAIR["teacher"], PAPER_PAIR["student"], img_size=224,
-                                 batch_size=paper_batch, num_classes=PAPER_PAIR["num_classes"], device=str(dev),
-                                 repeats=repeats, warmup=warmup)
-        report["paper_pair"] = {**PAPER_PAIR, "batch_size": paper_batch, **summarise(paper_times, paper_batch)}
-    else:
-        report["paper_pair"] = None
+    wants_paper = paper_pair if paper_pair is not None else dev.type == "cuda"
+    report["paper_pairs"] = paper_pairs(str(dev), repeats=repeats, warmup=warmup, progress=progress) \
+        if wants_paper else None
+    report["ddp"] = ddp_overhead(cfg.teacher, cfg.student, img_size=cfg.img_size, batch_size=batch, repeats=repeats,
+                                 warmup=warmup, progress=progress) if ddp else None
     cka_args = {"layers": 12, "examples": 2048, "batch_size": 256, "dim": 512,
                 **(cka_kwargs or {})}
     say(progress, f"CKA: all-pairs MinibatchCKA vs per-pair loop, {cka_args}")
@@ -155,6 +209,60 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def _ddp_worker(rank: int, world: int, port: int, spec: dict[str, Any], results) -> None:
+    """One process of `ddp_overhead`: `spec["repeats"]` timed training steps after warm-up, one thread, on
+    its own fixed batch; rank 0 puts the step times on `results`. world 1: no process group, no DDP."""
+    torch.set_num_threads(1)
+    ctx = distributed.Context(rank, world, rank)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        ctx = distributed.init(ctx, torch.device("cpu"), "gloo")
+    try:
+        config.seed_everything(0)
+        t_model = models.create(spec["teacher"], num_classes=10, img_size=spec["img_size"]).eval().requires_grad_(False)
+        student = models.create(spec["student"], num_classes=10, img_size=spec["img_size"])
+        recipe = distill.Recipe.for_student(student, epochs=1)
+        impl = methods.build(spec["method"], t_model, student, img_size=spec["img_size"],
+                             label_smoothing=recipe.label_smoothing)
+        run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device="cpu", dist=ctx)
+        config.seed_everything(rank)
+        x = torch.randn(spec["batch_size"], 3, spec["img_size"], spec["img_size"])
+        y = torch.randint(0, 10, (spec["batch_size"],))
+        times = []
+        for i in range(spec["warmup"] + spec["repeats"]):
+            distributed.barrier(ctx)  # every process starts the step together: the wait is the overhead
+            start = time.perf_counter()
+            distill.train_step(run, x, y, 0)
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - start)
+        if rank == 0:
+            results.put(times)
+    finally:
+        distributed.shutdown()
+
+
+def ddp_overhead(teacher: str, student: str, *, img_size: int, batch_size: int, method: str = "tas",
+                 repeats: int = 15, warmup: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Per-step time of one DDP training step on 2 processes (gloo, CPU, one thread each) against one
+    process, both at `batch_size` per process (what adding a process costs: gradient all-reduce, the
+    gathered InfoNCE negatives, the finite-loss check), each in freshly spawned processes."""
+    say(progress, f"DDP overhead: {method} {teacher} -> {student}, {img_size} px, batch {batch_size} per process, "
+                  f"1 vs 2 processes (gloo, 1 thread each), {repeats} steps")
+    spec = {"teacher": teacher, "student": student, "img_size": img_size, "batch_size": batch_size,
+            "method": method, "repeats": repeats, "warmup": warmup}
+    medians = {}
+    context = mp.get_context("spawn")
+    for world in (1, 2):
+        results = context.SimpleQueue()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        mp.start_processes(_ddp_worker, args=(world, port, spec, results), nprocs=world, start_method="spawn")
+        medians[world] = statistics.median(results.get())
+    return {**spec, "step_time_s": {"1 process": round(medians[1], 5), "2 processes": round(medians[2], 5)},
+            "overhead": round(medians[2] / medians[1] - 1, 3), "overhead_ms": round(1000 * (medians[2] - medians[1]), 2)}
 
 
 def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[str, Any]:
@@ -175,25 +283,40 @@ def _notebook_times(notebooks_dir: str | Path | None, progress: bool) -> dict[st
     return times
 
 
+def _pair_lines(label: str, pair: dict, numbers: dict, targets: dict) -> list[str]:
+    lines = [f"\n{label}: {pair['teacher']} -> {pair['student']}, {pair['img_size']} px, batch {pair['batch_size']}",
+             f"  {'method':10s} {'step (ms)':>10s} {'IQR (ms)':>9s} {'images/s':>9s}"]
+    for method, seconds in numbers["step_time_s"].items():
+        lines.append(f"  {method:10s} {1000 * seconds:10.1f} {1000 * numbers['step_time_iqr_s'][method]:9.1f} "
+                     f"{numbers['images_per_s'][method]:9.1f}")
+    for key, value in numbers["step_time_ratio"].items():
+        target = targets.get(key)
+        verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'NOT met'})"
+        lines.append(f"  step-time ratio {key}: {value:.2f}{verdict}")
+    for key, value in numbers.get("cpu_time_ratio", {}).items():
+        lines.append(f"  CPU-time ratio {key}: {value:.2f} (the work per step, whatever else shares the cores)")
+    if "parameters" in numbers:
+        p = numbers["parameters"]
+        lines.append("  added parameters: " + ", ".join(f"{m} {n / 1e6:.2f}M" for m, n in p["added"].items())
+                     + f" (student {p['student'] / 1e6:.2f}M); " + ", ".join(f"{k} {v:.2f}" for k, v in p["ratio"].items()))
+    return lines
+
+
 def format_table(report: dict) -> str:
-    """The bench as readable text: per-method step time and images/s, ratios against targets, CKA, notebooks."""
+    """The bench as readable text: per-method step time and images/s, ratios against targets, the paper's
+    pairs, DDP's per-step overhead, CKA, notebooks."""
     m = report["machine"]
     lines = [f"tas_lite bench on {m['device_name']} ({m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
              f"{m['torch_threads']} threads, load {m.get('load_average_1min')} -> {m.get('load_average_1min_end')})"]
-    pairs = [("cpu pair", report["pair"], report, TARGETS)]
-    if report.get("paper_pair"):
-        pairs.append(("paper pair", report["paper_pair"], report["paper_pair"], {}))
-    for label, pair, numbers, targets in pairs:
-        lines.append(f"\n{label}: {pair['teacher']} -> {pair['student']}, {pair['img_size']} px, "
-                     f"batch {pair['batch_size']}")
-        lines.append(f"  {'method':10s} {'step (ms)':>10s} {'IQR (ms)':>9s} {'images/s':>9s}")
-        for method, seconds in numbers["step_time_s"].items():
-            lines.append(f"  {method:10s} {1000 * seconds:10.1f} {1000 * numbers['step_time_iqr_s'][method]:9.1f} "
-                         f"{numbers['images_per_s'][method]:9.1f}")
-        for key, value in numbers["step_time_ratio"].items():
-            target = targets.get(key)
-            verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'NOT met'})"
-            lines.append(f"  step-time ratio {key}: {value:.2f}{verdict}")
+    lines += _pair_lines("cpu pair", report["pair"], report, TARGETS)
+    for pair in report.get("paper_pairs") or []:
+        lines += _pair_lines(f"paper pair {pair['label']}", pair, pair, pair["targets"])
+    if report.get("ddp"):
+        d = report["ddp"]
+        lines.append(f"\nDDP, {d['method']} {d['teacher']} -> {d['student']}, batch {d['batch_size']} per process "
+                     f"(gloo, 1 thread each): {1000 * d['step_time_s']['1 process']:.1f} ms per step on 1 process, "
+                     f"{1000 * d['step_time_s']['2 processes']:.1f} ms on 2: overhead {100 * d['overhead']:+.0f}% "
+                     f"({d['overhead_ms']:+.1f} ms)")
     cka = report["cka"]
     lines.append(f"\nCKA {cka['layers']}x{cka['layers']} layers, {cka['examples']} examples: all-pairs "
                  f"{cka['all_pairs_s']:.2f} s, per-pair loop {cka['loop_s']:.2f} s -> speedup {report['cka_speedup']:.1f}x; "

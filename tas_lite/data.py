@@ -15,6 +15,7 @@ import platform
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
-from torch.utils.data import DataLoader, Dataset, Subset
+from timm.data import Mixup, create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.utils import check_integrity, download_url
@@ -308,7 +310,70 @@ def image_transform(train: bool, img_size: int, stats, native_size: int | None =
     return T.Compose([*geometry, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Dataset:
+@dataclass(frozen=True)
+class TimmAugment:
+    """The paper track's image pipeline, built by timm exactly as the OFA authors' train.py asks timm for
+    it (Hao840/OFAKD, configs/cifar/*.yaml over train.py's defaults): RandomResizedCrop (scale 0.08-1,
+    random interpolation) + flip, colour jitter, RandAugment, random erasing (per-pixel noise), then
+    mixup/cutmix on whole batches with label smoothing in the soft targets. Evaluation: resize to
+    img_size / crop_pct, centre crop. `CNN` and `TOKEN` are the authors' two CIFAR configs."""
+
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    re_prob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.1  # goes into mixup's soft targets; without mixup the loss applies it
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    train_interpolation: str = "random"
+    eval_interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @property
+    def mixes(self) -> bool:
+        """True when training batches carry soft (mixup/cutmix) targets."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    def transform(self, train: bool, img_size: int, stats) -> object:
+        """timm's `create_transform` for training or evaluation images (PIL in, normalised tensor out)."""
+        mean, std = stats
+        if not train:
+            return create_transform(img_size, is_training=False, interpolation=self.eval_interpolation,
+                                    crop_pct=self.crop_pct, mean=mean, std=std)
+        return create_transform(img_size, is_training=True, scale=self.scale, hflip=self.hflip,
+                                color_jitter=self.color_jitter, auto_augment=self.auto_augment,
+                                interpolation=self.train_interpolation, re_prob=self.re_prob, re_mode="pixel",
+                                re_count=1, mean=mean, std=std)
+
+    def mixup_fn(self, num_classes: int) -> Mixup | None:
+        """timm's Mixup for batches (None without mixup/cutmix): the authors' prob 1, switch 0.5, per batch."""
+        if not self.mixes:
+            return None
+        return Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, prob=1.0, switch_prob=0.5, mode="batch",
+                     label_smoothing=self.label_smoothing, num_classes=num_classes)
+
+
+# The OFA authors' CIFAR-100 configs (configs/cifar/cnn.yaml, vit_mlp.yaml): CNN students get crop + flip
+# only (color_jitter 0); ViT/MLP students add jitter 0.4, RandAugment, erasing 0.25, mixup 0.8, cutmix 1.0.
+PAPER_CNN = TimmAugment()
+PAPER_TOKEN = TimmAugment(color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
+                          eval_interpolation="bicubic")
+
+
+class MixupCollate:
+    """Collate (image, label) pairs into a batch (with `collate`, default torch's), then mix it with
+    timm's Mixup: labels become soft targets (B, C)."""
+
+    def __init__(self, mixup: Mixup, collate=None):
+        self.mixup, self.collate = mixup, collate or torch.utils.data.default_collate
+
+    def __call__(self, batch):
+        images, labels = self.collate(batch)
+        return self.mixup(images, labels)
+
+
+def _imagefolder(path: str, split: str, img_size: int, train_aug: bool, policy: TimmAugment | None = None) -> Dataset:
     """torchvision's ImageFolder over `path/split` (or a flat `path` for train); an empty class folder, or
     none at all, is a ValueError naming the folder."""
     root = Path(path).expanduser()
@@ -319,8 +384,10 @@ def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Datas
     elif split != "train" or (root / "test").is_dir():
         raise ValueError(f"imagefolder {path!r} has no {split!r} subfolder; use a train/ and test/ layout of "
                          f"class subfolders, or load split='train' from a flat folder of class subfolders")
+    transform = policy.transform(train_aug, img_size, IMAGENET_STATS) if policy else \
+        image_transform(train_aug, img_size, IMAGENET_STATS)
     try:
-        return ImageFolder(str(root), transform=image_transform(train_aug, img_size, IMAGENET_STATS))
+        return ImageFolder(str(root), transform=transform)
     except FileNotFoundError as err:  # no class folder, or one without a single image
         raise ValueError(f"imagefolder {str(root)!r} cannot be read as one class per subfolder: {err} Give "
                          f"each class a subfolder with at least one image, and remove empty ones.") from err
@@ -328,11 +395,13 @@ def _imagefolder(path: str, split: str, img_size: int, train_aug: bool) -> Datas
 
 def load(name: str, split: str = "train", *, root: str | Path | None = None, img_size: int = 32,
          download: bool = False, augment: bool | None = None, num_samples: int = 512,
-         synthetic_classes: int = 10, seed: int = 0) -> Dataset:
+         synthetic_classes: int = 10, seed: int = 0, policy: TimmAugment | None = None) -> Dataset:
     """A dataset by name: "digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>".
 
     Training splits are augmented unless `augment=False`; `num_samples`, `synthetic_classes` and
-    `seed` only apply to "synthetic". Missing CIFAR files raise a ValueError saying where we looked.
+    `seed` only apply to "synthetic". `policy` (a `TimmAugment`) builds the images' transforms with timm
+    instead of `image_transform` (CIFAR and image folders; in-memory sets keep theirs). Missing CIFAR
+    files raise a ValueError saying where we looked.
     """
     base = _check_name(name)
     _check_split(split)
@@ -346,13 +415,20 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
                              f"{synthetic_classes} and {num_samples}")
         return _synthetic(split, img_size, num_samples, synthetic_classes, seed)
     if base == "imagefolder":
-        return _imagefolder(name.split(":", 1)[1], split, img_size, train_aug)
+        return _imagefolder(name.split(":", 1)[1], split, img_size, train_aug, policy)
     root = Path(root) if root is not None else config.datasets_dir()
-    return CIFAR(base, root, split == "train", image_transform(train_aug, img_size, CIFAR_STATS[base], 32), download)
+    transform = policy.transform(train_aug, img_size, CIFAR_STATS[base]) if policy else \
+        image_transform(train_aug, img_size, CIFAR_STATS[base], 32)
+    return CIFAR(base, root, split == "train", transform, download)
 
 
-def describe_augmentation(name: str, img_size: int) -> str:
+def describe_augmentation(name: str, img_size: int, policy: TimmAugment | None = None) -> str:
     """What a dataset's training split does to its images, as text (for a run's fingerprint)."""
+    if policy is not None and _check_name(name) not in ("digits", "synthetic"):
+        stats = CIFAR_STATS.get(_check_name(name), IMAGENET_STATS)
+        return f"{policy!r}; {policy.transform(True, img_size, stats)!r}"
+    if policy is not None:  # in-memory images keep their own transforms; only mixup applies
+        return f"{describe_augmentation(name, img_size)}; {policy!r} (mixup/cutmix only)"
     train = load(name, "train", img_size=img_size) if _check_name(name) in ("digits", "synthetic") else None
     if train is not None:
         return repr(train.batch_transform)
@@ -378,19 +454,25 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
 def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: float = 0.1, seed: int = 0,
             root: str | Path | None = None, download: bool = False, num_workers: int | None = None,
-            pin_memory: bool | None = None, eval_batch_size: int | None = None, **load_kwargs):
-    """(train, val, test) DataLoaders. Val is a seeded slice of the training split, without augmentation.
+            pin_memory: bool | None = None, eval_batch_size: int | None = None, policy: TimmAugment | None = None,
+            shard: tuple[int, int] | None = None, **load_kwargs):
+    """(train, val, test) DataLoaders. Val is a seeded slice of the training split, without augmentation
+    (`val_fraction=0`: none, the whole training split trains).
 
-    Training shuffles with a generator seeded by `seed` and drops the last incomplete batch.
+    Training shuffles with a generator seeded by `seed` and drops the last incomplete batch. `policy` (a
+    `TimmAugment`): timm's transforms, and mixup/cutmix on training batches (soft targets). `shard=(rank,
+    world)`: this process's part of a distributed run; `batch_size` is then its own share of the global
+    batch, and the global batches are those one process would take from the same shuffled order
+    (torch's DistributedSampler, seeded by `seed`; call `train.sampler.set_epoch(epoch)` every epoch).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     kwargs = dict(root=root, img_size=img_size, download=download, **load_kwargs)
     if _check_name(name) == "synthetic":
         kwargs.setdefault("seed", seed)
-    train_full = load(name, "train", **kwargs)
-    train_plain = load(name, "train", augment=False, **kwargs)
-    test = load(name, "test", **kwargs)
+    train_full = load(name, "train", policy=policy, **kwargs)
+    train_plain = load(name, "train", augment=False, policy=policy, **kwargs)
+    test = load(name, "test", policy=policy, **kwargs)
     train_idx, val_idx = split_indices(len(train_full), val_fraction, seed)
     in_memory = isinstance(train_full, TensorImages)
     workers = default_num_workers(in_memory) if num_workers is None else num_workers
@@ -399,12 +481,30 @@ def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: flo
     eval_bs = eval_batch_size or max(batch_size, 256)
     train_set = Subset(train_full, train_idx)
     augment = getattr(train_full, "batch_transform", None)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) >= batch_size,
-                              generator=torch.Generator().manual_seed(seed),
-                              collate_fn=AugmentingCollate(augment) if augment else None, **common)
+    collate = AugmentingCollate(augment) if augment else None
+    mixup = policy.mixup_fn(load_kwargs.get("synthetic_classes", 10) if _check_name(name) == "synthetic"
+                            else num_classes(name)) if policy else None
+    collate = MixupCollate(mixup, collate) if mixup else collate
+    if shard is not None:
+        train_loader = _sharded(train_set, batch_size, seed, shard, collate, common)
+    else:
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                                  drop_last=len(train_set) >= batch_size, generator=torch.Generator().manual_seed(seed),
+                                  collate_fn=collate, **common)
     val_loader = DataLoader(Subset(train_plain, val_idx), batch_size=eval_bs, shuffle=False, **common)
     test_loader = DataLoader(test, batch_size=eval_bs, shuffle=False, **common)
     return train_loader, val_loader, test_loader
+
+
+def _sharded(train_set: Dataset, batch_size: int, seed: int, shard: tuple[int, int], collate, common) -> DataLoader:
+    """Process `rank`'s loader of a distributed run: every world-th example of one seeded permutation per
+    epoch (whole global batches only), worker seeds distinct per process."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard (rank, world) must have 0 <= rank < world, got {shard}")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed * 100_003 + rank), **common)
 
 
 def sample_images(name: str, n: int, *, img_size: int = 32, split: str = "train", seed: int = 0,

@@ -6,6 +6,8 @@ epoch end with exact resume (refused under another set-up), and a clear stop on 
 non-finite weights; models that do not fit the data are refused before any work. It reads in four parts:
 `start` (set-up), `train_step` (one optimiser step, also what `bench` times), `train_epoch` and
 `finish` (final evaluation); `save_checkpoint` and `load_checkpoint` (resume) sit between epochs.
+The same loop runs as one process of a DDP run (`dist=`, see `tas_lite.distributed`): the method's
+trainable parts in one DDP module, the sampler told each epoch, rank 0 alone validating and writing.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 from torch.utils.data import Subset
 
-from . import checkpoints, config, methods
+from . import checkpoints, config, data, distributed, methods
 from .models import input_size, model_name
 from .results import Result
 from .stages import family
 from .util import progress_bar
 
 PROBE_IMAGES = 128  # the fixed validation batch a method measures itself on after each epoch
+PAPER_BATCH = 128  # the global batch the OFA authors' CIFAR learning rates are set for
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,7 +41,8 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class Recipe:
-    """Optimiser and schedule; `for_student` gives OFA's CIFAR recipe per student family."""
+    """Optimiser, schedule and (paper track) augmentation. `for_student` is the course's recipe, tuned on
+    digits; `paper` is the OFA authors' CIFAR-100 recipe. Both pick by student family."""
 
     optimizer: str
     lr: float
@@ -48,6 +52,8 @@ class Recipe:
     momentum: float = 0.9
     label_smoothing: float = 0.1
     clip_grad: float | None = None
+    warmup_lr: float | None = None  # None: warm up from lr / warm-up steps; else linearly from this value
+    augment: data.TimmAugment | None = None  # timm's transforms and mixup (paper track); None: the dataset's own
 
     @classmethod
     def for_student(cls, student: nn.Module, epochs: int) -> Recipe:
@@ -63,6 +69,43 @@ class Recipe:
         if family(student) == "cnn" and not isinstance(student, ConvNeXt):
             return cls("sgd", 0.05, 5e-4, warmup_epochs=epochs * 3 / 300, min_lr=1e-3)
         return cls("adamw", 1e-3, 0.05, warmup_epochs=epochs * 20 / 300, min_lr=1e-5, clip_grad=5.0)
+
+    @classmethod
+    def paper(cls, student: nn.Module, epochs: int, batch_size: int = PAPER_BATCH) -> Recipe:
+        """The OFA authors' CIFAR-100 recipe (Hao840/OFAKD configs/cifar/cnn.yaml and vit_mlp.yaml over their
+        train.py defaults), which the TAS paper trains with, schedules scaled to `epochs` (theirs: 300).
+
+        BatchNorm CNNs: SGD (Nesterov) 0.05, momentum 0.9, weight decay 2e-3, 3 warm-up epochs from 1e-4,
+        cosine to 1e-3, label smoothing 0.1, crop + flip (`data.PAPER_CNN`). ViT/Swin/MLP students (and
+        ConvNeXt, not an OFA student, which diverged under SGD 0.05 in our runs): AdamW 5e-4, weight decay
+        0.05, 20 warm-up epochs from 5e-7, cosine to 1e-5, clipping 5, RandAugment, colour jitter 0.4,
+        erasing 0.25, mixup 0.8 / cutmix 1.0 with smoothing 0.1 in the soft targets (`data.PAPER_TOKEN`).
+        Scaling rule: the learning rates (peak, warm-up start, floor) are theirs at a global batch of 128
+        and scale linearly with the global batch, lr x batch_size / 128; the number of processes sharing
+        that batch changes nothing.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        k = batch_size / PAPER_BATCH
+        if family(student) == "cnn" and not isinstance(student, ConvNeXt):
+            return cls("sgd", 0.05 * k, 2e-3, warmup_epochs=epochs * 3 / 300, min_lr=1e-3 * k, warmup_lr=1e-4 * k,
+                       augment=data.PAPER_CNN)
+        return cls("adamw", 5e-4 * k, 0.05, warmup_epochs=epochs * 20 / 300, min_lr=1e-5 * k, clip_grad=5.0,
+                   warmup_lr=5e-7 * k, augment=data.PAPER_TOKEN)
+
+    @classmethod
+    def choose(cls, kind: str, student: nn.Module, epochs: int, batch_size: int) -> Recipe:
+        """A profile's recipe by name: "course" (`for_student`) or "paper" (`paper`)."""
+        if kind == "paper":
+            return cls.paper(student, epochs, batch_size)
+        if kind == "course":
+            return cls.for_student(student, epochs)
+        raise ValueError(f"unknown recipe {kind!r}; allowed: course, paper")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, except the paper-track ones a course recipe leaves unset (so fingerprints of course
+        runs read as they did before those fields existed)."""
+        return {k: v for k, v in asdict(self).items() if not (k in ("warmup_lr", "augment") and v is None)}
 
     @classmethod
     def fine_tune(cls, epochs: int) -> Recipe:
@@ -83,6 +126,8 @@ class Recipe:
         """Linear warm-up, then cosine decay to `min_lr`, evaluated per step."""
         total = max(1, steps_per_epoch * epochs)
         warm = max(1, int(self.warmup_epochs * steps_per_epoch))
+        if step < warm and self.warmup_lr is not None:
+            return self.warmup_lr + (self.lr - self.warmup_lr) * step / warm
         if step < warm:
             return self.lr * (step + 1) / warm
         progress = (step - warm) / max(1, total - warm)
@@ -145,11 +190,14 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     elapsed: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    dist: distributed.Context = distributed.SINGLE  # several processes: step_fn is the method in DDP
 
 
 def start(impl: methods.Method, recipe: Recipe, *, steps_per_epoch: int, epochs: int, device: str = "auto",
-          amp: bool | None = None, channels_last: bool | None = None, compile: bool = False) -> Run:
-    """Set-up: move teacher, student and the method's modules to the device, build the optimiser."""
+          amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
+          dist: distributed.Context = distributed.SINGLE) -> Run:
+    """Set-up: move teacher, student and the method's modules to the device, build the optimiser. With
+    several processes (`dist`), everything that trains goes into one DDP module (`distributed.wrap`)."""
     dev = config.device(device)
     dtype, use_scaler = amp_dtype(dev, amp)
     channels_last = dev.type == "cuda" if channels_last is None else channels_last
@@ -160,8 +208,9 @@ def start(impl: methods.Method, recipe: Recipe, *, steps_per_epoch: int, epochs:
         impl.teacher.eval()
     impl.to(dev).train()
     params = impl.trainable_parameters()
+    module = distributed.wrap(impl, params, dev) if dist.active else impl
     return Run(impl, recipe, recipe.build(params), torch.amp.GradScaler("cuda", enabled=use_scaler), params, dev,
-               dtype, channels_last, steps_per_epoch, epochs, torch.compile(impl) if compile else impl)
+               dtype, channels_last, steps_per_epoch, epochs, torch.compile(module) if compile else module, dist=dist)
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> methods.Step:
@@ -173,7 +222,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> methods
     x, y = _to_device(x, y, run.device, run.channels_last)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         out = run.step_fn(x, y)
-    if not torch.isfinite(out.loss):
+    if not _finite_everywhere(run, out.loss):
         bad = [name for name, value in out.terms.items() if not torch.isfinite(value).all()] or ["total"]
         epoch, within = divmod(step, run.steps_per_epoch)
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {within + 1}: term {bad[0]!r} "
@@ -189,9 +238,20 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> methods
     return out
 
 
+def _finite_everywhere(run: Run, loss: torch.Tensor) -> bool:
+    """The loss is finite in every process (one process stopping alone would leave the others waiting)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if run.dist.active:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
+
+
 def train_epoch(run: Run, train, epoch: int, *, progress: bool) -> dict[str, float]:
-    """One pass over `train` (at most `steps_per_epoch` batches): mean of every loss term, accuracy, speed."""
+    """One pass over `train` (at most `steps_per_epoch` batches): mean of every loss term, accuracy, speed.
+    A distributed sampler is told the epoch first, so every epoch shuffles anew and alike in all processes."""
     started = time.perf_counter()
+    if hasattr(getattr(train, "sampler", None), "set_epoch"):
+        train.sampler.set_epoch(epoch)
     run.impl.train()
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -203,8 +263,8 @@ def train_epoch(run: Run, train, epoch: int, *, progress: bool) -> dict[str, flo
         out = train_step(run, x, y, epoch * run.steps_per_epoch + step)
         for name, value in out.terms.items():
             sums[name] = sums.get(name, 0.0) + float(value)
-        correct += (out.logits.argmax(1).cpu() == y).sum().item()
-        seen += y.numel()
+        correct += (out.logits.argmax(1).cpu() == (y if y.ndim == 1 else y.argmax(1))).sum().item()
+        seen += len(y)
         if progress:
             bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{100 * correct / seen:.1f}")
     seconds = time.perf_counter() - started
@@ -257,15 +317,20 @@ CHECKPOINT_KEYS = ("setup", "setup_hash", "epoch", "student", "extra", "optimize
 
 def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> None:
     """The full training state after `epoch`, so `load_checkpoint` can continue bit-identically (on CPU),
-    with the set-up that made it (`setup`) so a resume under another set-up is refused."""
+    with the set-up that made it (`setup`) so a resume under another set-up is refused. With several
+    processes every one must call it: each hands over its random state, rank 0 writes."""
     generator = getattr(train, "generator", None)
+    rng = {"rng": checkpoints.rng_state(), "loader_rng": generator.get_state() if generator is not None else None}
+    ranks = distributed.gather_objects(run.dist, rng)
+    if not run.dist.is_main:
+        return
     checkpoints.save_state({
         "setup": run.meta["setup"], "setup_hash": checkpoints.config_hash(run.meta["setup"]), "epoch": epoch,
         "student": run.impl.student.state_dict(),
         "extra": run.impl.extra_state(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        "rng": checkpoints.rng_state(), "history": result.history, "best_student": run.best_state,
-        "loader_rng": generator.get_state() if generator is not None else None,
-        "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "elapsed": run.elapsed}, path)
+        **rng, "history": result.history, "best_student": run.best_state, "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch, "elapsed": run.elapsed,
+        **({"world_size": run.dist.world_size, "ranks": ranks} if run.dist.active else {})}, path)
     run.last_good = f"the last good checkpoint (epoch {epoch + 1}) is intact at {path}, its weights finite"
 
 
@@ -284,17 +349,23 @@ def _check_same_setup(state: dict[str, Any], want: dict[str, Any], path: Path) -
 
 def load_checkpoint(run: Run, result: Result, train, path: Path) -> int:
     """Load what `save_checkpoint` wrote, after checking it was written by this very set-up; return the
-    first epoch still to train. A damaged file is a `util.CorruptFile` naming it."""
-    state = checkpoints.load_state(path, run.device, required=CHECKPOINT_KEYS,
+    first epoch still to train. Every process of a distributed run loads the same file and takes back its
+    own random state. A damaged file is a `util.CorruptFile` naming it."""
+    # random states must stay on the CPU; weights are copied over
+    state = checkpoints.load_state(path, "cpu", required=CHECKPOINT_KEYS,
                                    fix="delete it to start the run from scratch, or use another checkpoint_dir")
     _check_same_setup(state, run.meta["setup"], path)
+    if state.get("world_size", 1) != run.dist.world_size:
+        raise ValueError(f"checkpoint {path} was written by {state.get('world_size', 1)} process(es); resume it "
+                         f"with as many (this run has {run.dist.world_size}), or delete it to start over")
+    rng = state["ranks"][run.dist.rank] if run.dist.active else state
     run.impl.student.load_state_dict(state["student"])
     run.impl.load_extra_state(state["extra"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
-    checkpoints.set_rng_state(state["rng"])
-    if state.get("loader_rng") is not None and getattr(train, "generator", None) is not None:
-        train.generator.set_state(state["loader_rng"])
+    checkpoints.set_rng_state(rng["rng"])
+    if rng.get("loader_rng") is not None and getattr(train, "generator", None) is not None:
+        train.generator.set_state(rng["loader_rng"])
     result.history, run.best_state = state["history"], state["best_student"]
     result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
     run.elapsed = state["elapsed"]
@@ -389,14 +460,17 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
         train=None, val=None, *, epochs: int, test=None, recipe: Recipe | None = None, seed: int = 0,
         device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
         progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
-        max_steps: int | None = None, method_kwargs: dict[str, Any] | None = None) -> Result:
+        max_steps: int | None = None, method_kwargs: dict[str, Any] | None = None,
+        dist: distributed.Context = distributed.SINGLE, sync_bn: bool = False) -> Result:
     """Train a student with `method` (a name in `tas_lite.methods.METHODS`, or a Method you built with
     `methods.build(name, teacher, student)`: after `fit` it holds the trained extras, e.g. TAS's assistant).
 
     The teacher is put in eval mode and only ever runs without gradients. `max_steps` caps the steps per
     epoch (smoke runs). With `checkpoint_dir`, the full training state is saved at every epoch end;
     `resume=True` picks up after the last complete epoch and ends with the same weights as an
-    uninterrupted run (CPU, same thread count).
+    uninterrupted run (CPU, same thread count). `dist` (from `distributed.init`): this process's place in
+    a DDP run, `train` its shard (`data.loaders(shard=...)`); rank 0 alone validates, logs and writes, and
+    returns the full Result. `sync_bn` turns the student's BatchNorm into SyncBatchNorm under DDP (CUDA).
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -406,36 +480,59 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
         raise ValueError("fit needs train= and val= loaders (tas_lite.data.loaders gives both)")
     if not isinstance(method, methods.Method) and student is None:
         raise ValueError(f"fit({method!r}, ...) needs a student model (and a teacher, except for 'baseline')")
+    if sync_bn and isinstance(method, methods.Method):
+        raise ValueError("sync_bn converts the student before the method is built: pass the method by name")
     config.seed_everything(seed)
     batch = _first_batch(val)
     img_size = int(batch[0].shape[-1])
     _check_fits_data(method, teacher, student, batch, train)
     recipe = recipe or Recipe.for_student(student if student is not None else method.student, epochs)
+    if sync_bn:
+        distributed.convert_sync_batchnorm(student, config.device(device), dist)
     impl = _method(method, teacher, student, img_size, {"label_smoothing": recipe.label_smoothing,
                                                          **(method_kwargs or {})})
     steps = min(len(train), max_steps) if max_steps else len(train)
     if steps == 0:
         raise ValueError("the training loader yields no batches (dataset smaller than the batch size?)")
     run = start(impl, recipe, steps_per_epoch=steps, epochs=epochs, device=device, amp=amp,
-                channels_last=channels_last, compile=compile)
+                channels_last=channels_last, compile=compile, dist=dist)
+    if dist.active:  # weights are rank 0's now (DDP broadcast them); randomness differs per process
+        config.seed_everything(seed + 100_003 * dist.rank)
     name = methods.method_name(impl)
     result = Result(name, model_name(impl.teacher), model_name(impl.student), seed, epochs, config={
         "recipe": asdict(recipe), "device": str(run.device), "amp": str(run.amp_dtype), "img_size": img_size,
         "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,
         "val_images": len(val.dataset) if hasattr(val, "dataset") else None,
-        "method_kwargs": method_kwargs or {}})
+        "method_kwargs": method_kwargs or {}, **({"processes": dist.world_size} if dist.active else {})})
     run.meta = {"method": name, "setup": _setup(impl, result, train, val, batch)}
-    run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device)
+    run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device) if dist.is_main else None
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    first = load_checkpoint(run, result, train, ckpt) if resume and ckpt is not None and ckpt.is_file() else 0
-    for epoch in range(first, epochs):
+    first = _resume_point(run, result, train, ckpt) if resume and ckpt is not None else 0
+    _train_epochs(run, result, train, val, range(first, epochs), ckpt, progress=progress and dist.is_main)
+    return finish(run, result, test) if dist.is_main else result
+
+
+def _resume_point(run: Run, result: Result, train, ckpt: Path) -> int:
+    """The first epoch to train: the one after the checkpoint's when there is one, 0 otherwise. Every process
+    of a distributed run must see the same file (a filesystem all nodes share)."""
+    found = distributed.gather_objects(run.dist, ckpt.is_file())
+    if len(set(found)) > 1:
+        raise ValueError(f"only some processes see the checkpoint {ckpt} (by rank: {found}); put --out on a "
+                         f"filesystem every node shares")
+    return load_checkpoint(run, result, train, ckpt) if found[0] else 0
+
+
+def _train_epochs(run: Run, result: Result, train, val, epochs: range, ckpt: Path | None, *, progress: bool) -> None:
+    """Train, validate (rank 0), record and checkpoint each epoch in turn."""
+    for epoch in epochs:
         started = time.perf_counter()
         row = train_epoch(run, train, epoch, progress=progress)
         check_finite_weights(run, epoch)
-        _validate(run, result, row, val, epoch)
+        if run.dist.is_main:
+            _validate(run, result, row, val, epoch)
+        distributed.barrier(run.dist)
         run.elapsed += time.perf_counter() - started
         row["wall_s"] = run.elapsed
         result.history.append(row)
         if ckpt is not None:
             save_checkpoint(run, result, train, ckpt, epoch)
-    return finish(run, result, test)

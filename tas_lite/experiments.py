@@ -15,14 +15,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 
-from . import config, data, distill, methods, models, profiles, tables, teachers
+from . import config, data, distill, distributed, methods, models, profiles, tables, teachers
 from .profiles import Settings
 from .results import Result, machine
 from .util import check_writable, progress_bar, say
@@ -42,15 +42,17 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
     """Everything a run's numbers depend on besides its seed, as plain values: data, augmentation,
     schedule, the student's size and optimiser recipe, every method argument (defaults included), the
     teacher's cache recipe. Two runs with equal fingerprints ran the same recipe; a shipped result whose
-    fingerprint differs from the current code's is stale."""
+    fingerprint differs from the current code's is stale. The number of processes is not in it: N
+    processes train as one does on the same global batch."""
     name, _ = methods.parse(method)
     model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
+    recipe = distill.Recipe.choose(settings.recipe, model, settings.epochs, settings.batch_size)
     spec = {"training_version": TRAINING_VERSION, "dataset": settings.dataset, "img_size": settings.img_size,
-              "augmentation": data.describe_augmentation(settings.dataset, settings.img_size),
-              "batch_size": settings.batch_size, "epochs": settings.epochs, "max_steps": settings.max_steps,
-              "student": student, "student_parameters": models.count_parameters(model),
-              "recipe": asdict(distill.Recipe.for_student(model, settings.epochs)),
-              "method": method, "method_arguments": methods.arguments(method)}
+            "augmentation": data.describe_augmentation(settings.dataset, settings.img_size, recipe.augment),
+            "batch_size": settings.batch_size, "epochs": settings.epochs, "max_steps": settings.max_steps,
+            "student": student, "student_parameters": models.count_parameters(model),
+            "recipe": recipe.as_dict(), "method": method, "method_arguments": methods.arguments(method),
+            **({"paper": True} if settings.paper else {})}
     if name != "baseline":
         spec["teacher"] = {"name": teacher, "epochs": settings.teacher_epochs, "batch_size": settings.teacher_batch_size,
                            "max_steps": settings.teacher_max_steps, "pretrained": settings.pretrained,
@@ -58,37 +60,71 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
     return json.loads(json.dumps(spec))  # tuples as lists, exactly as a results JSON stores them
 
 
+PAPER_SELECTION = ("paper protocol: all training images train, no validation split; the test set is evaluated "
+                   "after every epoch and best_test_acc is the best epoch's, which is how the paper reports")
+
+
 def run(method: str, teacher: str | None, student: str, settings: Settings, *, seed: int = 0,
         out_dir: str | Path | None = None, progress: bool = True, method_kwargs: dict[str, Any] | None = None,
-        command: str | None = None) -> Result:
+        command: str | None = None, dist: distributed.Context = distributed.SINGLE,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, sync_bn: bool = False) -> Result:
     """One configuration: seeded loaders, the cached teacher, a fresh student, `distill.fit`, results JSON.
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
     the data order and the validation split. The result carries its fingerprint (`fingerprint`) and
-    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU. Names, seed and `out_dir`'s
-    writability are checked before anything trains.
+    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU. With
+    `settings.paper`, there is no validation split and the best test epoch is reported as the paper does
+    (`best_test_acc`). `dist`: this process's place in a DDP run (`distributed.init`); `settings.batch_size`
+    is the global batch, rank 0 prepares the teacher first and alone writes the results JSON.
+    Names, seed and `out_dir`'s writability are checked before anything trains.
     """
     configurations([teacher] if teacher else [], [student], [method], [seed])
     if out_dir is not None:
         check_writable(out_dir, "choose another out_dir (--out), or fix its permissions")
-    train, val, test = data.loaders(settings.dataset, batch_size=settings.batch_size, img_size=settings.img_size,
-                                    seed=seed)
-    t_model = None if method == "baseline" else teachers.from_settings(teacher, settings, progress=progress)
     config.seed_everything(seed)
     s_model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
-    result = distill.fit(method, t_model, s_model, train, val, test=test, epochs=settings.epochs, seed=seed,
-                         device=settings.device, amp=settings.amp, progress=progress, max_steps=settings.max_steps,
-                         method_kwargs=method_kwargs)
+    recipe = distill.Recipe.choose(settings.recipe, s_model, settings.epochs, settings.batch_size)
+    per_process = distributed.check_batch(settings.batch_size, dist.world_size,
+                                          even=recipe.augment is not None and recipe.augment.mixes)
+    with distributed.main_first(dist):
+        t_model = None if method == "baseline" else teachers.from_settings(teacher, settings,
+                                                                           progress=progress and dist.is_main)
+        train, val, test = data.loaders(settings.dataset, batch_size=per_process, img_size=settings.img_size,
+                                        seed=seed, val_fraction=0.0 if settings.paper else 0.1, policy=recipe.augment,
+                                        shard=(dist.rank, dist.world_size) if dist.active else None)
+    device = str(distributed.device_for(settings.device, dist)) if dist.active else settings.device
+    if dist.active and t_model is not None:  # one teacher, even where processes read different caches
+        distributed.broadcast_module(dist, t_model.to(device))
+    result = distill.fit(method, t_model, s_model, train, test if settings.paper else val, test=test,
+                         epochs=settings.epochs, seed=seed, recipe=recipe, device=device, amp=settings.amp,
+                         progress=progress and dist.is_main, max_steps=settings.max_steps, method_kwargs=method_kwargs,
+                         dist=dist, checkpoint_dir=checkpoint_dir, resume=resume, sync_bn=sync_bn)
+    if not dist.is_main:
+        return result
     result.teacher = teacher
+    if settings.paper:
+        result.best_test_acc = result.best_val_acc
     result.config.update(profile=settings.profile, dataset=settings.dataset, batch_size=settings.batch_size,
                          teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None),
                          teacher_train_seconds=(t_model.tas_lite_info.get("train_seconds") if t_model is not None else None),
                          fingerprint=fingerprint(method, teacher, student, settings), provenance={
                              **machine(), "command": command or f"experiments.run({method!r}, {teacher!r}, "
-                                                                f"{student!r}, profile {settings.profile!r}, seed={seed})"})
+                                                                f"{student!r}, profile {settings.profile!r}, seed={seed})"},
+                         **({"selection": PAPER_SELECTION} if settings.paper else {}))
     if out_dir is not None:
         result.save(Path(out_dir) / result_name(teacher, student, method, seed))
     return result
+
+
+def summary(result: Result) -> str:
+    """The run's numbers in words: final accuracy, and the best epoch as its protocol chooses it."""
+    head = (f"{result.method} {result.teacher or '-'} -> {result.student}, seed {result.seed}, {result.epochs} epochs: "
+            f"final test accuracy {result.final_test_acc:.2f}%")
+    if result.best_test_acc is not None:
+        return (f"{head}; best test epoch {result.best_test_acc:.2f}% (epoch {result.best_epoch}), the way the "
+                f"paper reports (chosen on the test set itself)")
+    return (f"{head}; best on validation {result.best_val_acc:.2f}% (epoch {result.best_epoch}), whose test "
+            f"accuracy is {result.best_val_test_acc:.2f}%")
 
 
 def default_dir(settings: Settings) -> Path:
@@ -132,52 +168,97 @@ def configurations(teacher_names: Sequence[str], student_names: Sequence[str], m
 def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, student_names: Sequence[str] | None = None,
           method_names: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
           out_dir: str | Path | None = None, progress: bool = True, metric: str = "final_test_acc",
-          workers: int = 1, command: str | None = None) -> tables.SweepTable:
+          workers: int = 1, command: str | None = None, shard: tuple[int, int] | None = None,
+          devices: Sequence[str] | None = None) -> tables.SweepTable | None:
     """Run every configuration whose results JSON is missing in `out_dir`, then aggregate the folder.
 
     Lists left at None take the settings' teacher, student, methods and seeds; methods may be variants
     ("tas:no_nce"). `workers` > 1 trains that many configurations at once, in separate processes that
     share the CPU threads (small models use threads poorly, so on few cores one-thread workers finish
-    more runs per hour). A results JSON in the folder made with another recipe (its fingerprint
-    differs) is an error listing the differences, never silently reused.
+    more runs per hour). `devices` (["cuda:0", "cuda:1"]) trains one configuration per device at once,
+    each in its own process. `shard=(i, n)` takes only share i of n of the configurations (machines or
+    SLURM array tasks sharing one results folder); the table is saved once every configuration of the
+    whole sweep has its JSON, by whichever share finishes last (None is returned until then, or the
+    table of what is done so far). A results JSON in the folder made with another recipe (its
+    fingerprint differs) is an error listing the differences, never silently reused.
     """
     runs = configurations(teacher_names or [settings.teacher], student_names or [settings.student],
                           method_names or settings.methods, settings.seeds if seeds is None else seeds)
     tables.check_metric(metric)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if devices is not None:
+        devices = distributed.parse_devices(devices)
+        if workers not in (1, len(devices)):
+            raise ValueError(f"--devices trains one configuration per device ({len(devices)} at once); "
+                             f"drop --workers {workers}")
+        workers = len(devices)
+    mine = distributed.shard(runs, *shard) if shard is not None else runs
     out = check_writable(out_dir if out_dir is not None else default_dir(settings),
                          "choose another out_dir (--out), or fix its permissions")
-    todo = [r for r in runs if not _finished(out / r.filename, r, settings)]
-    say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations, "
-                  f"{len(runs) - len(todo)} already done, {len(todo)} to run -> {out}")
+    todo = [r for r in mine if not _finished(out / r.filename, r, settings)]
+    share = f", share {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard is not None else ""
+    say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations{share}, "
+                  f"{len(mine) - len(todo)} already done, {len(todo)} to run -> {out}")
+    first = settings.replace(device=devices[0]) if devices else settings
     for name in sorted({r.teacher for r in todo if r.teacher}):  # each teacher trained once, before any worker
-        teachers.from_settings(name, settings, progress=progress)
-    for r, result in _execute(todo, settings, out, workers, progress, command):
+        teachers.from_settings(name, first, progress=progress)
+    for r, result in _execute(todo, settings, out, workers, progress, command, devices):
         say(progress, f"  {r.method:8s} {r.teacher or '-'} -> {r.student} seed {r.seed}: "
                       f"{result.final_test_acc:.2f}% test in {result.wall_s:.0f} s")
+    return _table(runs, out, metric, progress)
+
+
+def _table(runs: list[Configuration], out: Path, metric: str, progress: bool) -> tables.SweepTable | None:
+    """The folder's table, saved when every configuration of the sweep has its JSON (else only returned)."""
+    missing = sum(not (out / r.filename).is_file() for r in runs)
+    if missing == len(runs):
+        return None
     table = tables.aggregate(out, metric=metric)
+    if missing:
+        say(progress, f"{missing} of {len(runs)} configurations still to run (other shares); the table is "
+                      f"saved when they are done (or run the sweep again without --shard)")
+        return table
     paths = table.save(out)
     say(progress, f"table: {paths['md']}")
     return table
+
+
+_WORKER_DEVICE: str | None = None  # the device a sweep worker process claimed (see `_claim_device`)
+
+
+def _claim_device(devices) -> None:
+    """Worker-process initialiser: take one device off the queue, for good."""
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = devices.get()
 
 
 def _run_one(r: Configuration, settings: Settings, out: Path, threads: int | None, command: str | None) -> Result:
     """One configuration of a sweep (in a worker process when `threads` is set)."""
     if threads:
         torch.set_num_threads(threads)
+    if _WORKER_DEVICE is not None:
+        settings = settings.replace(device=_WORKER_DEVICE)
     return run(r.method, r.teacher, r.student, settings, seed=r.seed, out_dir=out, progress=False, command=command)
 
 
 def _execute(todo: list[Configuration], settings: Settings, out: Path, workers: int, progress: bool,
-             command: str | None):
-    """(configuration, result) for each run, in this process or in `workers` spawned processes."""
+             command: str | None, devices: list[str] | None = None):
+    """(configuration, result) for each run, in this process or in `workers` spawned processes (with
+    `devices`: one per device, each worker holding its device for good)."""
     if workers == 1 or len(todo) < 2:
+        here = settings.replace(device=devices[0]) if devices else settings
         for r in progress_bar(todo, enabled=progress, desc="sweep"):
-            yield r, _run_one(r, settings, out, None, command)
+            yield r, _run_one(r, here, out, None, command)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    claims = context.Queue()
+    for device in devices or []:
+        claims.put(device)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_claim_device if devices else None,
+                               initargs=(claims,) if devices else ())
+    with pool:
         futures = [(r, pool.submit(_run_one, r, settings, out, threads, command)) for r in todo]
         for r, future in progress_bar(futures, enabled=progress, desc="sweep"):
             yield r, future.result()

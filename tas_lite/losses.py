@@ -11,7 +11,10 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
+
+from . import distributed
 
 MASK = -1e9  # a finite "minus infinity" for masking logits in float32
 
@@ -41,6 +44,22 @@ def _target_mask(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def _positive(name: str, value: float) -> None:
     if not float(value) > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Label cross-entropy in float32: integer labels (B,) with `label_smoothing`, or soft targets (B, C)
+    from mixup/cutmix through timm's SoftTargetCrossEntropy, as the OFA authors' train.py does; soft
+    targets already carry their smoothing (timm's Mixup applies it), so none is added."""
+    if target.ndim == 2:
+        if target.shape != logits.shape:
+            raise ValueError(f"soft targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+        return SoftTargetCrossEntropy()(logits.float(), target.float())
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+def hard_labels(target: torch.Tensor) -> torch.Tensor:
+    """Integer labels (B,) from labels or soft targets (B, C): the argmax, as the OFA authors' code takes it."""
+    return target if target.ndim == 1 else target.argmax(1)
 
 
 def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -90,15 +109,20 @@ def info_nce(student_feat: torch.Tensor, teacher_feat: torch.Tensor, temperature
         raise ValueError(f"unknown negatives {negatives!r}; allowed: {', '.join(NEGATIVES)}")
     if not torch.is_tensor(temperature):
         _positive("temperature", temperature)
+    if negatives == "masked" and (labels is None or labels.shape != (len(student_feat),)):
+        raise ValueError("negatives='masked' needs the batch's integer labels (B,): labels=")
     s = F.normalize(student_feat.float(), dim=1)
     t = F.normalize(teacher_feat.float(), dim=1)
-    logits = s @ t.T / temperature
+    # Under DDP the negatives are the global batch (every process's features, gradients flowing back to
+    # their owners), so N processes compute the loss one process computes on the same global batch.
+    rank, _ = distributed.world()
+    keys = distributed.all_gather(t)
+    positive = torch.arange(len(s), device=s.device) + rank * len(s)
+    logits = s @ keys.T / temperature
     if negatives == "masked":
-        if labels is None or labels.shape != (len(s),):
-            raise ValueError("negatives='masked' needs the batch's integer labels (B,): labels=")
-        same = labels[:, None] == labels[None, :]
-        logits = logits.masked_fill(same & ~torch.eye(len(s), dtype=torch.bool, device=s.device), MASK)
-    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+        same = labels[:, None] == distributed.all_gather(labels)[None, :]
+        logits = logits.masked_fill(same & (positive[:, None] != torch.arange(len(keys), device=s.device)), MASK)
+    return F.cross_entropy(logits, positive)
 
 
 def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, alpha: float = 1.0,
@@ -205,9 +229,9 @@ class TASLoss(nn.Module):
     def forward(self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]], target: torch.Tensor,
                 ramp: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`outputs[name] = (logits, pooled_feature)` for teacher, student, assistant."""
-        terms = {"ce_s": F.cross_entropy(outputs["student"][0].float(), target, label_smoothing=self.label_smoothing),
-                 "ce_a": F.cross_entropy(outputs["assistant"][0].float(), target, label_smoothing=self.label_smoothing)}
-        labels = target if target.ndim == 1 else target.argmax(1)
+        terms = {"ce_s": cross_entropy(outputs["student"][0], target, self.label_smoothing),
+                 "ce_a": cross_entropy(outputs["assistant"][0], target, self.label_smoothing)}
+        labels = hard_labels(target)
         for sup, rec in TAS_PAIRS:
             (z_x, f_x), (z_y, f_y) = outputs[sup], outputs[rec]
             if self.detach_supervisor:

@@ -47,7 +47,8 @@ class Method(nn.Module):
         self.spec = next(n for n, cls in METHODS.items() if cls is type(self))  # `build` adds variants
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        """Label cross-entropy: integer labels with the recipe's smoothing, or mixup's soft targets."""
+        return losses.cross_entropy(logits, y, self.label_smoothing)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> Step:
         logits = self.student(x)
@@ -106,7 +107,9 @@ class KD(Method):
 
 class DKD(Method):
     """CE + decoupled KD (alpha 1, beta 8, T 4), its weight ramped up linearly over the first
-    `warmup_epochs` (the DKD paper warms up over 20 of 240 CIFAR epochs)."""
+    `warmup_epochs` (the DKD paper warms up over 20 of 240 CIFAR epochs). `dkd:ofa` is the OFA authors'
+    train.py default (alpha 1, beta 2, T 1, no warm-up). Soft (mixup) targets: the argmax is the target
+    class, as in the OFA authors' DKD."""
 
     needs_teacher = True
 
@@ -119,7 +122,7 @@ class DKD(Method):
         t = self.teacher_logits(x)
         s = self.student(x)
         ce = self.ce(s, y)
-        dkd = losses.dkd(s, t, y, self.alpha, self.beta, self.temperature)
+        dkd = losses.dkd(s, t, losses.hard_labels(y), self.alpha, self.beta, self.temperature)
         ramp = min(1.0, self.epoch_progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
         return Step(ce + ramp * dkd, {"ce": ce.detach(), "dkd": dkd.detach()}, s.detach())
 
@@ -318,6 +321,8 @@ _NO = {"nce": ("nce_ts", "nce_ta", "nce_as"), "ofa": ("ofa_ts", "ofa_ta", "ofa_a
 # method -> variant -> (what it changes, keyword arguments). "tas:no_nce+no_ofa" combines variants.
 VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "kd": {"t4": ("temperature 4 instead of the OFA authors' 1", {"temperature": 4.0})},
+    "dkd": {"ofa": ("the OFA authors' train.py defaults: alpha 1, beta 2, T 1, no warm-up",
+                    {"beta": 2.0, "temperature": 1.0, "warmup_epochs": 0.0})},
     "ofa": {"s123": ("branches after stages 1-3 only (lighter than the authors' 1-4)", {"branch_stages": (1, 2, 3)})},
     "tas": {
         **{f"no_{k}": (f"without the {' and '.join(v)} term{'s' if len(v) > 1 else ''}",

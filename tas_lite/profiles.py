@@ -41,6 +41,17 @@ class Settings:
     train_steps: int             # notebook 03's short TAS run
     device: str                  # "auto": cuda, then mps, then cpu
     amp: bool | None             # None: on for CUDA
+    recipe: str = "course"       # "course": tuned on digits (distill.Recipe.for_student); "paper": the OFA
+                                 # authors' CIFAR configs with timm's augmentation (distill.Recipe.paper)
+    paper: bool = False          # train on the whole training split, pick the best *test* epoch as the paper
+                                 # reports (CIFAR-100 only); False keeps a validation split for choosing
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
+        if self.paper and self.dataset != "cifar100":
+            raise ValueError(f"paper=True (--paper) reproduces the paper's CIFAR-100 protocol (all 50k training "
+                             f"images, best test epoch); it needs dataset 'cifar100', got {self.dataset!r}")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some knobs changed (None leaves a knob as it is); unknown names are an error."""
@@ -81,9 +92,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "assistant_pairs": [["swin_tiny_patch4_window7_224", "resnet18"], ["vit_small_patch16_224", "resnet18"],
                             ["vit_small_patch16_224", "mobilenetv2_100"], ["convnext_tiny", "deit_tiny_patch16_224"],
                             ["convnext_tiny", "resmlp_12_224"]],
-        "train_steps": 200, "device": "auto", "amp": True,
+        "train_steps": 200, "device": "auto", "amp": True, "recipe": "paper", "paper": False,
     },
 }
+RECIPES = ("course", "paper")
 KNOBS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "profile")
 
 

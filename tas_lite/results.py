@@ -66,6 +66,7 @@ class Result:
     best_val_acc: float = float("nan")
     best_epoch: int = -1
     best_val_test_acc: float = float("nan")
+    best_test_acc: float | None = None  # paper protocol only: the best test epoch, how the paper reports
     extra_test_acc: dict[str, float] = field(default_factory=dict)
     images_per_s: float = float("nan")
     wall_s: float = 0.0

@@ -38,7 +38,8 @@ METHOD_LABELS = {"baseline": "Baseline", "kd": "KD", "dkd": "DKD", "dist": "DIST
                  "ofa": "OFA", "tas": "TAS"}
 METRICS = {"final_test_acc": "test accuracy after the last epoch",
            "best_val_test_acc": "test accuracy of the best-validation epoch",
-           "final_val_acc": "validation accuracy after the last epoch"}
+           "final_val_acc": "validation accuracy after the last epoch",
+           "best_test_acc": "test accuracy of the best test epoch (how the paper reports; --paper runs only)"}
 # The comparisons a sweep's verdicts report: every method against KD, KD against the baseline, TAS against OFA.
 VERDICT_PAIRS = (("kd", "baseline"), ("tas", "ofa"))
 _ORDER = list(METHODS) + ["crd"]
@@ -183,6 +184,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_acc") -> SweepTable:
     """Mean, std (over seeds, n - 1) and count per (teacher -> student, method) from a folder or Results.
 
@@ -209,7 +214,7 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
                 [f"(no teacher) -> {r.student}"]
         else:
             rows = [f"{r.teacher} -> {r.student}"]
-        records += [{"row": row, "method": r.method, "seed": r.seed, "acc": getattr(r, metric),
+        records += [{"row": row, "method": r.method, "seed": r.seed, "acc": _number(getattr(r, metric)),
                      "teacher_acc": r.config.get("teacher_test_acc")} for row in rows]
     frame = pd.DataFrame.from_records(records)
     grouped = frame.groupby(["row", "method"])["acc"]

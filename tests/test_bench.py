@@ -35,7 +35,7 @@ def test_bench_json_schema(tmp_path):
     assert set(saved["images_per_s"]) == {"kd", "ofa", "tas"} and all(v > 0 for v in saved["images_per_s"].values())
     assert saved["cka_speedup"] > 0 and saved["cka"]["max_abs_diff"] < 1e-6
     assert {"platform", "cpu_count", "torch", "device"} <= set(saved["machine"])
-    assert saved["notebook_smoke_s"]["01_tiny"]["status"] == "ok" and saved["paper_pair"] is None
+    assert saved["notebook_smoke_s"]["01_tiny"]["status"] == "ok" and saved["paper_pairs"] is None
     assert set(saved["meets_targets"]) == set(bench.TARGETS)
     text = bench.format_table(report)
     assert "step-time ratio tas/ofa" in text and "01_tiny" in text
@@ -46,3 +46,19 @@ def test_cli_rejects_bad_device(capsys):
         main(["bench", "--device", "tpu"])
     assert err.value.code == 2
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
+    """The paper-pair bench's schema on a tiny stand-in pair (the real ones take minutes on a CPU)."""
+    monkeypatch.setattr(bench, "PAPER_PAIRS", ({"label": "ViT-S -> ResNet18", "teacher": "tiny_vit",
+                                                "student": "tiny_resnet"},))
+    monkeypatch.setattr(bench, "PAPER_SETUP", {"img_size": 32, "num_classes": 10, "batch_size": 4})
+    (row,) = bench.paper_pairs(repeats=1, warmup=0, progress=False)
+    assert set(row["step_time_ratio"]) == {"tas/kd", "tas/ofa", "ofa/kd"} and row["batch_size"] == 4
+    assert set(row["meets_targets"]) == {"tas/kd", "tas/ofa"} and row["targets"]["tas/kd"] == 1.2
+    assert set(row["cpu_time_ratio"]) == set(row["step_time_ratio"]) and min(row["cpu_time_s"].values()) > 0
+    added = row["parameters"]["added"]
+    assert added["kd"] == 0 and 0 < added["ofa:s123"] < added["ofa"] and added["tas"] > 0
+    assert row["parameters"]["ratio"]["ofa:s123/ofa"] == round(added["ofa:s123"] / added["ofa"], 3)
+    lines = "\n".join(bench._pair_lines("paper pair", row, row, row["targets"]))
+    assert "step-time ratio tas/kd" in lines and "target <= 1.2" in lines and "ofa:s123/ofa" in lines
