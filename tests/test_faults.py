@@ -484,7 +484,7 @@ def test_unknown_method_or_model_is_rejected_before_the_teacher_trains(monkeypat
     monkeypatch.setattr(teachers, "_train", no_training)
     monkeypatch.setattr(data, "loaders", no_training)
     settings = profiles.resolve("smoke")
-    with pytest.raises(ValueError, match=r"unknown method\(s\) \['kd_typo'\]"):
+    with pytest.raises(ValueError, match=r"unknown method 'kd_typo'"):
         experiments.run("kd_typo", "tiny_convnext", "tiny_vit", settings)
     with pytest.raises(ValueError, match=r"unknown model 'tiny_vitt'"):
         experiments.run("kd", "tiny_convnext", "tiny_vitt", settings)
@@ -493,11 +493,11 @@ def test_unknown_method_or_model_is_rejected_before_the_teacher_trains(monkeypat
 def test_cli_methods_with_an_unknown_name_is_rejected_before_any_notebook(tmp_path, capsys, no_papermill):
     """Row: `run -p METHODS kd,foo` trained kd completely, then failed on foo."""
     nbs = fabricated_notebooks(tmp_path / "nbs")
-    with pytest.raises(ValueError, match=r"METHODS of 01_train.ipynb: unknown method\(s\) \['foo'\]; allowed"):
+    with pytest.raises(ValueError, match=r"METHODS of 01_train.ipynb: unknown method 'foo' in 'foo'; allowed"):
         runner.plan("smoke", nbs, parameters={"METHODS": "kd,foo"})
     assert main(["run", "--profile", "smoke", "--notebooks", str(nbs), "--out", str(tmp_path / "out"),
                  "-p", "METHODS", "kd,foo", "-p", "STUDENT", "tiny_vit"]) == 2
-    assert "unknown method(s) ['foo']" in capsys.readouterr().err
+    assert "unknown method 'foo' in 'foo'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"STUDENT of 01_train.ipynb: unknown model 'tiny_vitt'"):
         runner.plan("smoke", nbs, parameters={"STUDENT": "tiny_vitt"})
 
