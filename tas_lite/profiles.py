@@ -69,7 +69,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cka_examples": 128, "probe_images": 8, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0], "assistant_pairs": [["tiny_vit", "tiny_resnet"]], "train_steps": 3,
-        "device": "cpu", "amp": False,
+        "device": "cpu", "amp": False, "recipe": "course", "paper": False,
     },
     "cpu": {
         "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10, "max_steps": None,
@@ -79,7 +79,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "fitnet", "ofa", "tas"],
         "seeds": [0, 1, 2, 3, 4],
         "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
-        "train_steps": 40, "device": "auto", "amp": False,
+        "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False,
     },
     "gpu": {
         "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "demo_epochs": 300,
