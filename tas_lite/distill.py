@@ -384,6 +384,7 @@ def finish(run: Run, result: Result, test=None) -> Result:
     if test is None:
         return result
     acc = _evaluate_on(run, test)
+    result.config["test_images"] = len(test.dataset) if hasattr(test, "dataset") else None
     result.final_test_acc = acc.pop("student")
     result.extra_test_acc.update(acc)
     if run.best_state is not None:

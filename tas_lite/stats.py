@@ -4,6 +4,10 @@ Two methods trained with the same seed share the data order, the validation spli
 initial weights, so their accuracies are paired: the seed-to-seed swing common to both cancels in the
 difference. The verdict is "better" when the whole interval lies above 0, "worse" when below, and
 "within noise" otherwise; with one seed there is no interval and no verdict.
+
+Accuracies move in steps of one example (100 / images points), so a few seeds can give identical
+differences and a sample std of 0: a zero-width interval that would call one test image "better".
+`resolution` floors the std of the differences at that step.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ class Comparison:
                 f"{self.high:+.2f}, {self.n} seeds): {self.verdict}")
 
 
-def paired(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("a", "b")) -> Comparison:
-    """Paired comparison of two equally long sequences (one value per seed, in the same seed order)."""
+def paired(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("a", "b"), *,
+           resolution: float = 0.0) -> Comparison:
+    """Paired comparison of two equally long sequences (one value per seed, in the same seed order); the
+    std of the differences is at least `resolution` (the metric's step, e.g. one test image)."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired values need the same, non-zero number of seeds, got {len(a)} and {len(b)}")
     diffs = [x - y for x, y in zip(a, b)]
@@ -55,6 +61,6 @@ def paired(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("a"
     mean = sum(diffs) / n
     if n < 2:
         return Comparison(*names, mean, math.nan, math.nan, n)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    sd = max(math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)), resolution)
     half = scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
     return Comparison(*names, mean, mean - half, mean + half, n)

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import plots, stats
+from . import data, plots, stats
 from .methods import METHODS
 from .models import TINY, tiny_family
 from .results import Result
@@ -78,6 +78,7 @@ class SweepTable:
     teacher_acc: dict[str, float] = field(default_factory=dict)
     caption: str = ""
     values: pd.DataFrame | None = None  # one row per (row, seed), one column per method: the paired data
+    resolution: float = 0.0  # one example of the evaluation set, in points (0: unknown)
 
     @property
     def best(self) -> pd.Series:
@@ -98,14 +99,16 @@ class SweepTable:
         if self.values is None:
             raise ValueError("a quoted table has no per-seed values to compare")
         both = self.values.loc[row, [a, b]].dropna()
-        return stats.paired(both[a].tolist(), both[b].tolist(), (label(a), label(b)))
+        return stats.paired(both[a].tolist(), both[b].tolist(), (label(a), label(b)), resolution=self.resolution)
 
     def comparisons(self, pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
-        """Paired comparisons per row: every method against KD, KD against the baseline, TAS against OFA
-        (those present), or `pairs`; columns mean, low, high, n, verdict."""
+        """Paired comparisons per row: every method against KD, every variant ("tas:no_nce") against its
+        method, KD against the baseline, TAS against OFA (those present), or `pairs`; columns mean, low,
+        high, n, verdict."""
         columns = list(self.mean.columns)
         if pairs is None:
-            pairs = [(m, "kd") for m in columns if m not in ("kd", "baseline")] + list(VERDICT_PAIRS)
+            pairs = [(m, m.partition(":")[0] if ":" in m else "kd") for m in columns
+                     if m not in ("kd", "baseline")] + list(VERDICT_PAIRS)
         records = []
         for row in self.mean.index:
             for a, b in pairs:
@@ -228,7 +231,24 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
                f"(n = {count.max().max()} per cell at most); best per row in bold. "
                f"Profile {profile}, {epochs} epochs.")
     values = frame.pivot_table(index=["row", "seed"], columns="method", values="acc").reindex(columns=columns)
-    return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption, values)
+    return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption, values,
+                      resolution=_resolution(results, metric))
+
+
+def _resolution(results: Sequence[Result], metric: str) -> float:
+    """One example of the set `metric` is scored on, in points: from the sizes the runs recorded, else
+    from the dataset's test split (runs made before test sizes were recorded); 0 when neither is known."""
+    key = "val_images" if metric == "final_val_acc" else "test_images"
+    sizes = [r.config.get(key) for r in results]
+    if all(sizes):
+        return 100.0 / min(sizes)
+    datasets = {r.config.get("dataset") for r in results}
+    if key == "test_images" and len(datasets) == 1 and isinstance(next(iter(datasets)), str):
+        try:
+            return 100.0 / len(data.load(datasets.pop(), "test"))
+        except (ValueError, OSError):  # a dataset that is not on this machine
+            return 0.0
+    return 0.0
 
 
 def paper_table() -> SweepTable:

@@ -141,6 +141,25 @@ def test_paired_comparisons_use_seeds_and_a_t_interval():
     assert "| tiny_convnext -> tiny_vit | KD - Baseline | +6.00 |" in table.verdicts_markdown()
 
 
+def test_identical_differences_are_not_a_zero_width_interval():
+    """Three seeds each one test image apart (359 images: 0.2786 points) have a sample std of 0; with the
+    std floored at one image the interval is 0.2786 +- 4.303 * 0.2786 / sqrt(3): within noise."""
+    step = 100 / 359
+    a, b = [99.0 + step, 98.5 + step, 98.0 + step], [99.0, 98.5, 98.0]
+    assert stats.paired(a, b).verdict == "better"  # the raw t-interval has zero width
+    c = stats.paired(a, b, resolution=step)
+    assert c.low == pytest.approx(step - 4.302653 * step / math.sqrt(3), abs=1e-5) and c.verdict == "within noise"
+    results = [Result(m, "tiny_convnext", "tiny_vit", seed, 40, final_test_acc=acc,
+                      config={"profile": "cpu", "dataset": "digits", "test_images": 359})
+               for seed in range(3) for m, acc in (("tas", b[seed]), ("tas:no_ts", a[seed]))]
+    table = tables.aggregate(results)
+    assert table.resolution == pytest.approx(step)
+    assert table.paired("tiny_convnext -> tiny_vit", "tas:no_ts", "tas").verdict == "within noise"
+    for r in results:
+        del r.config["test_images"]  # runs made before test sizes were recorded: the digits test split's size
+    assert tables.aggregate(results).resolution == pytest.approx(step)
+
+
 def test_stats_match_scipys_paired_t_test():
     from scipy import stats as scipy_stats
 
