@@ -37,6 +37,13 @@ def test_shipped_tables_are_what_their_results_aggregate_to(folder):
     assert table.markdown() in shipped and table.verdicts_markdown() in shipped
 
 
+@pytest.mark.parametrize("name", ["cpu", "cpu_ablation"])
+def test_the_readme_quotes_the_shipped_tables(name):
+    """README's 'Honest numbers' and results/ show the same numbers: each table as the results aggregate it."""
+    readme = (config.REPO_DIR / "README.md").read_text()
+    assert tables.aggregate(RESULTS / name).markdown().split("\n\n")[0] in readme
+
+
 def test_a_changed_recipe_is_reported_stale(tmp_path):
     smoke = profiles.resolve("smoke")
     result = experiments.run("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
