@@ -25,14 +25,14 @@ from .results import machine
 FINDING_PREFIX = "FINDING:"
 
 
-def finding(paper: str, measured: str) -> str:
-    """Print a notebook's finding as one line, `FINDING: paper says <paper> / we measured <measured>`, and
-    return it. Build `measured` from this run's numbers; the site's card shows the line."""
+def finding(paper: str, measured: str) -> None:
+    """Print a notebook's finding as one line, `FINDING: paper says <paper> / we measured <measured>`.
+    Build `measured` from this run's numbers; the site's card shows the line. Returns nothing, so a
+    notebook cell ending with the call shows the line once."""
     if not paper.strip() or not measured.strip():
         raise ValueError("a finding needs both what the paper says and what this run measured")
-    line = f"{FINDING_PREFIX} paper says {' '.join(paper.split())} / we measured {' '.join(measured.split())}"
-    print(line, flush=True)
-    return line
+    print(f"{FINDING_PREFIX} paper says {' '.join(paper.split())} / we measured {' '.join(measured.split())}",
+          flush=True)
 
 
 def findings(node) -> list[str]:
