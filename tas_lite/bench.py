@@ -137,6 +137,55 @@ def added_parameters(teacher: str, student: str, *, img_size: int, num_classes: 
     return {"added": counts, "student": models.count_parameters(s_model), "ratio": ratios}
 
 
+def tas_split(teacher: str, student: str, *, img_size: int, batch_size: int, num_classes: int,
+              device: str = "cpu", repeats: int = 5) -> dict[str, float]:
+    """Where a TAS step's time goes, median milliseconds of each part timed alone: the whole step (the
+    three outputs, the loss, backward), the teacher's forward, the student's forward and backward, and the
+    assistant from the stage-3 activation (forward and backward), L2G alone included."""
+    dev = config.device(device)
+    config.seed_everything(0)
+    t_model = models.create(teacher, num_classes=num_classes, img_size=img_size).to(dev).eval()
+    tas = methods.build("tas", t_model, models.create(student, num_classes=num_classes, img_size=img_size).to(dev),
+                        img_size=img_size).to(dev)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    s3 = tas.s_view.features(x)[2] if tas.assistant.front_owner == "student" else tas.t_view.features(x)[2]
+    s3 = s3.detach().requires_grad_(True)
+
+    def whole():
+        outputs, _, _ = tas.outputs(x)
+        tas.criterion(outputs, y)[0].backward()
+
+    def teacher_forward():
+        with torch.no_grad():
+            tas.t_view.features(x)
+
+    def student_step():
+        tas.s_view.head(tas.s_view.features(x)[-1]).sum().backward()
+
+    def assistant_step():
+        logits, pooled = tas.assistant.forward_from_stage3(s3)
+        (logits.sum() + pooled.sum()).backward()
+
+    def l2g_step():
+        tas.assistant.l2g(tas.assistant._front.nchw(s3)).sum().backward()
+
+    parts = {"step": whole, "teacher forward": teacher_forward, "student forward+backward": student_step,
+             "assistant from stage 3": assistant_step, "of which L2G": l2g_step}
+    out = {}
+    for name, fn in parts.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            _sync(dev)
+            start = time.perf_counter()
+            fn()
+            _sync(dev)
+            times.append(time.perf_counter() - start)
+        out[name] = round(1000 * statistics.median(times), 3)
+    return out
+
+
 def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batch_size: int | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Step times of KD, OFA (the authors' default) and TAS on the paper's pairs at 224 px (batch 16 unless
@@ -153,6 +202,8 @@ def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batc
         row = {**pair, "img_size": PAPER_SETUP["img_size"], "batch_size": batch, **summarise(times, batch, cpu),
                "parameters": added_parameters(pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
                                               num_classes=PAPER_SETUP["num_classes"])}
+        row["tas_split_ms"] = tas_split(pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
+                                        batch_size=batch, num_classes=PAPER_SETUP["num_classes"], device=device)
         targets = PAPER_TARGETS.get(pair["label"], {})
         row["targets"] = targets
         row["meets_targets"] = {k: row["step_time_ratio"][k] <= v for k, v in targets.items()}
@@ -295,6 +346,9 @@ def _pair_lines(label: str, pair: dict, numbers: dict, targets: dict) -> list[st
         lines.append(f"  step-time ratio {key}: {value:.2f}{verdict}")
     for key, value in numbers.get("cpu_time_ratio", {}).items():
         lines.append(f"  CPU-time ratio {key}: {value:.2f} (the work per step, whatever else shares the cores)")
+    if "tas_split_ms" in numbers:
+        lines.append("  where a TAS step goes (each part timed alone): "
+                     + ", ".join(f"{k} {v:.0f} ms" for k, v in numbers["tas_split_ms"].items()))
     if "parameters" in numbers:
         p = numbers["parameters"]
         lines.append("  added parameters: " + ", ".join(f"{m} {n / 1e6:.2f}M" for m, n in p["added"].items())

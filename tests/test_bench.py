@@ -60,5 +60,9 @@ def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
     added = row["parameters"]["added"]
     assert added["kd"] == 0 and 0 < added["ofa:s123"] < added["ofa"] and added["tas"] > 0
     assert row["parameters"]["ratio"]["ofa:s123/ofa"] == round(added["ofa:s123"] / added["ofa"], 3)
+    split = row["tas_split_ms"]  # where a TAS step goes: every part timed (values are times, not asserted)
+    assert list(split) == ["step", "teacher forward", "student forward+backward", "assistant from stage 3",
+                           "of which L2G"] and min(split.values()) > 0
     lines = "\n".join(bench._pair_lines("paper pair", row, row, row["targets"]))
     assert "step-time ratio tas/kd" in lines and "target <= 1.2" in lines and "ofa:s123/ofa" in lines
+    assert "where a TAS step goes" in lines and "of which L2G" in lines
