@@ -27,7 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .util import CorruptFile, atomic_path, atomic_write, say
+from .util import CorruptFile, atomic_path, atomic_write, read_json_object, say
 
 REBUILD = "replace it with a good copy, or delete it and train it again"
 
@@ -67,13 +67,7 @@ def read_sidecar(path: Path, fix: str = REBUILD) -> dict[str, Any] | None:
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         return None
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptFile(f"sidecar {sidecar} is not valid JSON ({err}), truncated or damaged; {fix}") from err
-    if not isinstance(meta, dict):
-        raise CorruptFile(f"sidecar {sidecar} holds {type(meta).__name__}, not a JSON object; {fix}")
-    return meta
+    return read_json_object(sidecar, "sidecar", fix)
 
 
 def _read_verified(path: Path, meta: dict[str, Any], fix: str) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .plots import FAMILY_COLORS, SOURCE_COLORS
 
@@ -71,7 +71,7 @@ def loss_terms_over_epochs(history: list[dict], *, title: str):
     dashed OFA, dotted cross-entropy."""
     epochs = [row["epoch"] for row in history]
     terms = [k.split("/", 1)[1] for k in history[0] if k.startswith("loss/")]
-    fig, ax = plt.subplots(figsize=(7.2, 3.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(9.6, 3.8), constrained_layout=True)
     for term in terms:
         kind, pair = term.split("_")
         if kind == "ce":
@@ -82,9 +82,9 @@ def loss_terms_over_epochs(history: list[dict], *, title: str):
         ax.plot(epochs, [row[f"loss/{term}"] for row in history], style, ms=3, color=color, label=f"{term}: {who}")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks pile up between decades
     ax.set(title=title, xlabel="epoch", ylabel="training loss, epoch mean (nats, log scale)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves stay visible
     return fig
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import config
-from .util import CorruptFile, atomic_write
+from .util import CorruptFile, atomic_write, read_json_object
 
 
 def git_commit() -> str | None:
@@ -82,12 +82,7 @@ class Result:
         and a sweep runs that configuration again)."""
         path = Path(path)
         fix = "delete it (a sweep then runs that configuration again)"
-        try:
-            fields = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CorruptFile(f"results file {path} is not valid JSON ({err}): truncated or damaged; {fix}") from err
-        if not isinstance(fields, dict):
-            raise CorruptFile(f"{path} is not a tas_lite Result (it holds a JSON {type(fields).__name__}); {fix}")
+        fields = read_json_object(path, "results file", fix)
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise CorruptFile(f"{path} is not a tas_lite Result (unknown fields {sorted(unknown)}); {fix}")

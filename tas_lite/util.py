@@ -3,6 +3,7 @@ writable-folder checks, and the two errors every file-reading layer raises (`Cor
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -99,3 +100,15 @@ def check_writable(folder: str | Path, fix: str) -> Path:
     except OSError as err:
         raise NotWritable(f"cannot write to {folder} ({err.strerror or err}); {fix}") from err
     return folder
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict:
+    """The JSON object in `path`; a truncated, damaged or non-object file is a CorruptFile naming it (as
+    `what`, e.g. "sidecar") and ending with `fix`."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFile(f"{what} {path} is not valid JSON ({err}): truncated or damaged; {fix}") from err
+    if not isinstance(value, dict):
+        raise CorruptFile(f"{what} {path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
