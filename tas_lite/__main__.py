@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", nargs="+", type=int, help="default: the profile's seeds")
     sweep.add_argument("--profile", choices=names, default="cpu")
     sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
+    sweep.add_argument("--train-images", type=int, help="labelled images each student trains on, an even share per "
+                                                        "class (teachers keep the whole split); default: all")
     sweep.add_argument("--metric", choices=list(tables.METRICS), default="final_test_acc")
     sweep.add_argument("--workers", type=int, default=1, help="configurations trained at once, in separate "
                                                               "processes sharing the cores (default: 1)")
@@ -90,7 +92,7 @@ def _run_command(args: argparse.Namespace, command: str) -> None:
         if distributed.from_env().active:
             raise ValueError("sweep spreads configurations, not processes: start it without torchrun and use "
                              "--shard (machines, SLURM arrays) or --devices (GPUs of one machine)")
-        settings = profiles.resolve(args.profile, epochs=args.epochs)
+        settings = profiles.resolve(args.profile, epochs=args.epochs, train_images=args.train_images)
         shard = distributed.parse_shard(args.shard) if args.shard else distributed.shard_from_env()
         table = experiments.sweep(settings, args.teachers, args.students, args.methods, args.seeds,
                                   out_dir=args.out, metric=args.metric, workers=args.workers, command=command,
@@ -140,6 +142,8 @@ def _train_parser(commands, names: list[str], common: argparse.ArgumentParser) -
     train.add_argument("--batch-size", type=int, help="the global batch, over all processes (default: the profile's)")
     train.add_argument("--max-steps", type=int, help="cap on steps per epoch (default: the profile's)")
     train.add_argument("--dataset", help="default: the profile's dataset")
+    train.add_argument("--train-images", type=int, help="labelled images the student trains on, an even share per "
+                                                        "class (the teacher keeps the whole split); default: all")
     train.add_argument("--paper", action="store_true", help="the paper's protocol: all 50k CIFAR-100 training images "
                        "train, the best test epoch is reported (labelled as the paper's way); CIFAR-100 only")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default: the profile's; under torchrun each "
@@ -154,7 +158,8 @@ def _train_parser(commands, names: list[str], common: argparse.ArgumentParser) -
 def _train(args: argparse.Namespace, command: str) -> None:
     """The `train` command: resolve, check, join the process group, run one configuration, report."""
     settings = profiles.resolve(args.profile, epochs=args.epochs, batch_size=args.batch_size, dataset=args.dataset,
-                                max_steps=args.max_steps, device=args.device, paper=args.paper or None)
+                                max_steps=args.max_steps, device=args.device, paper=args.paper or None,
+                                train_images=args.train_images)
     methods.check(args.method)
     ctx = distributed.from_env()
     device = distributed.device_for(settings.device, ctx)

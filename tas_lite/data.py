@@ -452,10 +452,42 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Every example's label, without loading an image (in-memory images, CIFAR, ImageFolder)."""
+    for attribute in ("labels", "targets"):
+        labels = getattr(dataset, attribute, None)
+        if labels is not None:
+            return [int(label) for label in labels]
+    raise ValueError(f"{type(dataset).__name__} does not list its labels (no .labels or .targets); "
+                     f"train_images needs them to draw the same number of images from every class")
+
+
+def balanced_subset(indices: list[int], labels: list[int], n: int, seed: int) -> list[int]:
+    """A seeded subset of `indices` with n // classes images of every class (the first n % classes
+    classes take one more): a smaller labelled set, as even across classes as the data allows."""
+    by_class: dict[int, list[int]] = {}
+    for i in indices:
+        by_class.setdefault(labels[i], []).append(i)
+    classes = sorted(by_class)
+    if not isinstance(n, int) or isinstance(n, bool) or not len(classes) <= n <= len(indices):
+        raise ValueError(f"train_images must be an int from {len(classes)} (one per class) to {len(indices)} "
+                         f"(the whole training split), got {n!r}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for rank, c in enumerate(classes):
+        want = n // len(classes) + (rank < n % len(classes))
+        pool = by_class[c]
+        if want > len(pool):
+            raise ValueError(f"train_images={n} needs {want} images of class {c}, the training split has {len(pool)}")
+        order = torch.randperm(len(pool), generator=generator)[:want].tolist()
+        chosen += [pool[j] for j in order]
+    return sorted(chosen)
+
+
 def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: float = 0.1, seed: int = 0,
             root: str | Path | None = None, download: bool = False, num_workers: int | None = None,
             pin_memory: bool | None = None, eval_batch_size: int | None = None, policy: TimmAugment | None = None,
-            shard: tuple[int, int] | None = None, **load_kwargs):
+            shard: tuple[int, int] | None = None, train_images: int | None = None, **load_kwargs):
     """(train, val, test) DataLoaders. Val is a seeded slice of the training split, without augmentation
     (`val_fraction=0`: none, the whole training split trains).
 
@@ -474,6 +506,8 @@ def loaders(name: str, *, batch_size: int, img_size: int = 32, val_fraction: flo
     train_plain = load(name, "train", augment=False, policy=policy, **kwargs)
     test = load(name, "test", policy=policy, **kwargs)
     train_idx, val_idx = split_indices(len(train_full), val_fraction, seed)
+    if train_images is not None:
+        train_idx = balanced_subset(train_idx, dataset_labels(train_full), train_images, seed)
     in_memory = isinstance(train_full, TensorImages)
     workers = default_num_workers(in_memory) if num_workers is None else num_workers
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory

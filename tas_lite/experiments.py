@@ -52,7 +52,8 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
             "batch_size": settings.batch_size, "epochs": settings.epochs, "max_steps": settings.max_steps,
             "student": student, "student_parameters": models.count_parameters(model),
             "recipe": recipe.as_dict(), "method": method, "method_arguments": methods.arguments(method),
-            **({"paper": True} if settings.paper else {})}
+            **({"paper": True} if settings.paper else {}),
+            **({"train_images": settings.train_images} if settings.train_images is not None else {})}
     if name != "baseline":
         spec["teacher"] = {"name": teacher, "epochs": settings.teacher_epochs, "batch_size": settings.teacher_batch_size,
                            "max_steps": settings.teacher_max_steps, "pretrained": settings.pretrained,
@@ -71,7 +72,8 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
     """One configuration: seeded loaders, the cached teacher, a fresh student, `distill.fit`, results JSON.
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
-    the data order and the validation split. The result carries its fingerprint (`fingerprint`) and
+    the data order and the validation split (and, with `settings.train_images`, which labelled images the
+    student gets; the teacher always trains on the whole split). The result carries its fingerprint (`fingerprint`) and
     provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU. With
     `settings.paper`, there is no validation split and the best test epoch is reported as the paper does
     (`best_test_acc`). `dist`: this process's place in a DDP run (`distributed.init`); `settings.batch_size`
@@ -86,12 +88,13 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
     recipe = distill.Recipe.choose(settings.recipe, s_model, settings.epochs, settings.batch_size)
     per_process = distributed.check_batch(settings.batch_size, dist.world_size,
                                           even=recipe.augment is not None and recipe.augment.mixes)
-    with distributed.main_first(dist):
-        t_model = None if method == "baseline" else teachers.from_settings(teacher, settings,
-                                                                           progress=progress and dist.is_main)
+    with distributed.main_first(dist):  # the data first: a bad train_images fails before a teacher trains
         train, val, test = data.loaders(settings.dataset, batch_size=per_process, img_size=settings.img_size,
                                         seed=seed, val_fraction=0.0 if settings.paper else 0.1, policy=recipe.augment,
-                                        shard=(dist.rank, dist.world_size) if dist.active else None)
+                                        shard=(dist.rank, dist.world_size) if dist.active else None,
+                                        train_images=settings.train_images)
+        t_model = None if method == "baseline" else teachers.from_settings(teacher, settings,
+                                                                           progress=progress and dist.is_main)
     device = str(distributed.device_for(settings.device, dist)) if dist.active else settings.device
     if dist.active and t_model is not None:  # one teacher, even where processes read different caches
         distributed.broadcast_module(dist, t_model.to(device))
@@ -298,7 +301,8 @@ def stale(folder: str | Path) -> list[str]:
     lines = []
     for path in sorted(Path(folder).glob("*__*__*__seed*.json")):
         r = Result.load(path)
-        settings = profiles.resolve(r.config.get("profile", "cpu"))
+        settings = profiles.resolve(r.config.get("profile", "cpu"),
+                                    train_images=r.config.get("fingerprint", {}).get("train_images"))
         differences = describe_differences(r.config.get("fingerprint", {}),
                                            fingerprint(r.method, r.teacher, r.student, settings))
         if differences:

@@ -45,6 +45,8 @@ class Settings:
                                  # authors' CIFAR configs with timm's augmentation (distill.Recipe.paper)
     paper: bool = False          # train on the whole training split, pick the best *test* epoch as the paper
                                  # reports (CIFAR-100 only); False keeps a validation split for choosing
+    train_images: int | None = None  # labelled images a student trains on (an even share per class), None: the
+                                     # whole training split; teachers always train on the whole split
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -52,6 +54,12 @@ class Settings:
         if self.paper and self.dataset != "cifar100":
             raise ValueError(f"paper=True (--paper) reproduces the paper's CIFAR-100 protocol (all 50k training "
                              f"images, best test epoch); it needs dataset 'cifar100', got {self.dataset!r}")
+        if self.train_images is not None:
+            if not isinstance(self.train_images, int) or isinstance(self.train_images, bool) or self.train_images < 1:
+                raise ValueError(f"train_images must be a positive int (labelled images per student), got "
+                                 f"{self.train_images!r}; None trains on the whole training split")
+            if self.paper:
+                raise ValueError("paper=True trains on all training images; drop train_images (--train-images)")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some knobs changed (None leaves a knob as it is); unknown names are an error."""
@@ -69,7 +77,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cka_examples": 128, "probe_images": 8, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "ofa", "tas"],
         "seeds": [0], "assistant_pairs": [["tiny_vit", "tiny_resnet"]], "train_steps": 3,
-        "device": "cpu", "amp": False, "recipe": "course", "paper": False,
+        "device": "cpu", "amp": False, "recipe": "course", "paper": False, "train_images": None,
     },
     "cpu": {
         "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10, "max_steps": None,
@@ -79,7 +87,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "fitnet", "ofa", "tas"],
         "seeds": [0, 1, 2, 3, 4],
         "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
-        "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False,
+        "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False, "train_images": None,
     },
     "gpu": {
         "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "demo_epochs": 300,
@@ -92,7 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "assistant_pairs": [["swin_tiny_patch4_window7_224", "resnet18"], ["vit_small_patch16_224", "resnet18"],
                             ["vit_small_patch16_224", "mobilenetv2_100"], ["convnext_tiny", "deit_tiny_patch16_224"],
                             ["convnext_tiny", "resmlp_12_224"]],
-        "train_steps": 200, "device": "auto", "amp": True, "recipe": "paper", "paper": False,
+        "train_steps": 200, "device": "auto", "amp": True, "recipe": "paper", "paper": False, "train_images": None,
     },
 }
 RECIPES = ("course", "paper")

@@ -154,3 +154,27 @@ def test_batch_affine_is_identity_at_zero_and_seeded():
     torch.manual_seed(2)
     moved = shifted(images)
     assert not torch.equal(moved, images) and torch.allclose(moved.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.2)
+
+
+def test_train_images_draws_an_even_seeded_share_of_every_class_from_the_training_part():
+    full_train, val, _ = data.loaders("digits", batch_size=32, seed=1)
+    train, val_small, _ = data.loaders("digits", batch_size=32, seed=1, train_images=105)
+    chosen = train.dataset.indices
+    labels = data.dataset_labels(train.dataset.dataset)
+    counts = [sum(labels[i] == c for i in chosen) for c in range(10)]
+    assert counts == [11] * 5 + [10] * 5 and len(chosen) == 105
+    assert set(chosen) <= set(full_train.dataset.indices)             # drawn from the training part only
+    assert val_small.dataset.indices == val.dataset.indices             # validation is not shrunk
+    assert chosen == data.loaders("digits", batch_size=32, seed=1, train_images=105)[0].dataset.indices
+    assert chosen != data.loaders("digits", batch_size=32, seed=2, train_images=105)[0].dataset.indices
+
+
+@pytest.mark.parametrize("n, match", [(5, "from 10 .one per class. to"), (5000, "to 1294"), (2.5, "an int")])
+def test_train_images_outside_what_the_split_holds_is_an_error(n, match):
+    with pytest.raises(ValueError, match=match):
+        data.loaders("digits", batch_size=32, seed=0, train_images=n)
+
+
+def test_train_images_needs_datasets_that_list_their_labels():
+    with pytest.raises(ValueError, match="does not list its labels"):
+        data.dataset_labels(torch.utils.data.TensorDataset(torch.zeros(4, 3)))

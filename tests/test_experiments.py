@@ -217,3 +217,22 @@ def test_convergence_compares_the_last_epochs_change_with_seed_noise():
     assert not table.loc["tas", "converged"] and table.loc["tas", "change"] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="10 epochs of history"):
         tables.convergence([run("kd", 0, [1.0, 2.0])])
+
+
+def test_train_images_is_part_of_the_recipe_and_its_results_are_not_stale(tmp_path):
+    few = profiles.resolve("smoke", train_images=40)
+    result = experiments.run("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False)
+    assert result.config["fingerprint"]["train_images"] == 40
+    assert "train_images" not in experiments.fingerprint("baseline", None, "tiny_vit", profiles.resolve("smoke"))
+    assert experiments.stale(tmp_path) == []  # judged against the smoke recipe *with* its 40 images
+
+
+def test_bad_train_images_fail_before_any_teacher_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments.teachers, "from_settings", lambda *a, **k: pytest.fail("no teacher may train"))
+    with pytest.raises(ValueError, match="train_images must be an int from 10"):
+        experiments.run("kd", "tiny_convnext", "tiny_vit", profiles.resolve("smoke", train_images=9999),
+                        out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="train_images must be a positive int"):
+        profiles.resolve("smoke", train_images=0)
+    with pytest.raises(ValueError, match="drop train_images"):
+        profiles.resolve("gpu", paper=True, train_images=100)
