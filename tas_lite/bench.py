@@ -186,6 +186,14 @@ def tas_split(teacher: str, student: str, *, img_size: int, batch_size: int, num
     return out
 
 
+def tas_floor(step_time_s: dict[str, float], split_ms: dict[str, float]) -> dict[str, float]:
+    """The lowest TAS/KD and TAS/OFA the method allows: a TAS step runs all of KD's step (teacher forward,
+    student step) and the assistant from stage 3 besides (L2G, and the frozen stage 4 forward and backward
+    to L2G's input), so it cannot take less than KD's step plus that part, timed alone."""
+    least = step_time_s["kd"] + split_ms["assistant from stage 3"] / 1000
+    return {"tas/kd": round(least / step_time_s["kd"], 3), "tas/ofa": round(least / step_time_s["ofa"], 3)}
+
+
 def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batch_size: int | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Step times of KD, OFA (the authors' default) and TAS on the paper's pairs at 224 px (batch 16 unless
@@ -204,6 +212,7 @@ def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batc
                                               num_classes=PAPER_SETUP["num_classes"])}
         row["tas_split_ms"] = tas_split(pair["teacher"], pair["student"], img_size=PAPER_SETUP["img_size"],
                                         batch_size=batch, num_classes=PAPER_SETUP["num_classes"], device=device)
+        row["tas_floor"] = tas_floor(row["step_time_s"], row["tas_split_ms"])
         targets = PAPER_TARGETS.get(pair["label"], {})
         row["targets"] = targets
         row["meets_targets"] = {k: row["step_time_ratio"][k] <= v for k, v in targets.items()}
@@ -349,6 +358,10 @@ def _pair_lines(label: str, pair: dict, numbers: dict, targets: dict) -> list[st
     if "tas_split_ms" in numbers:
         lines.append("  where a TAS step goes (each part timed alone): "
                      + ", ".join(f"{k} {v:.0f} ms" for k, v in numbers["tas_split_ms"].items()))
+    if "tas_floor" in numbers:
+        lines.append("  the method's floor (KD's step + the assistant from stage 3): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in numbers["tas_floor"].items())
+                     + "; no implementation of TAS can go below it")
     if "parameters" in numbers:
         p = numbers["parameters"]
         lines.append("  added parameters: " + ", ".join(f"{m} {n / 1e6:.2f}M" for m, n in p["added"].items())

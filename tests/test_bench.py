@@ -63,6 +63,9 @@ def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
     split = row["tas_split_ms"]  # where a TAS step goes: every part timed (values are times, not asserted)
     assert list(split) == ["step", "teacher forward", "student forward+backward", "assistant from stage 3",
                            "of which L2G"] and min(split.values()) > 0
+    least = row["step_time_s"]["kd"] + split["assistant from stage 3"] / 1000  # KD's step + the assistant's part
+    assert row["tas_floor"] == {"tas/kd": round(least / row["step_time_s"]["kd"], 3),
+                                "tas/ofa": round(least / row["step_time_s"]["ofa"], 3)}
     lines = "\n".join(bench._pair_lines("paper pair", row, row, row["targets"]))
     assert "step-time ratio tas/kd" in lines and "target <= 1.2" in lines and "ofa:s123/ofa" in lines
-    assert "where a TAS step goes" in lines and "of which L2G" in lines
+    assert "where a TAS step goes" in lines and "of which L2G" in lines and "the method's floor" in lines
