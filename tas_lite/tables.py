@@ -201,10 +201,11 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
     results = load_results(source) if isinstance(source, (str, Path)) else list(source)
     if not results:
         raise ValueError(f"no results JSON in {source}; run `python -m tas_lite sweep` first")
-    setups = sorted({(str(r.config.get("profile")), r.epochs) for r in results})
+    setups = sorted({(str(r.config.get("profile")), r.epochs, r.config.get("fingerprint", {}).get("train_images"))
+                     for r in results}, key=str)
     if len(setups) > 1:
-        raise ValueError(f"results from different setups (profile, epochs) {setups} cannot share one table; "
-                         f"keep one sweep per folder")
+        raise ValueError(f"results from different setups (profile, epochs, train_images) {setups} cannot share one "
+                         f"table; keep one sweep per folder")
     students_with_teacher = {r.student for r in results if r.method != "baseline"}
     records, seen = [], set()
     for r in results:
@@ -225,11 +226,12 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
     shape = lambda s: s.unstack("method").reindex(columns=columns)  # noqa: E731
     mean, std, count = shape(grouped.mean()), shape(grouped.std(ddof=1)), shape(grouped.count()).fillna(0).astype(int)
     teacher_acc = frame[frame.method != "baseline"].dropna(subset=["teacher_acc"]).groupby("row")["teacher_acc"].mean()
-    (profile, epochs), = setups
+    (profile, epochs, train_images), = setups
     seeds = sorted(frame["seed"].unique())
     caption = (f"Top-1 {METRICS[metric]} (%), mean ± std over seeds {', '.join(map(str, seeds))} "
                f"(n = {count.max().max()} per cell at most); best per row in bold. "
-               f"Profile {profile}, {epochs} epochs.")
+               f"Profile {profile}, {epochs} epochs"
+               + (f", each student trained on {train_images} labelled images." if train_images else "."))
     values = frame.pivot_table(index=["row", "seed"], columns="method", values="acc").reindex(columns=columns)
     return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption, values,
                       resolution=_resolution(results, metric))

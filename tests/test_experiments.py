@@ -64,6 +64,11 @@ def test_aggregate_single_seed_and_errors(tmp_path):
         tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), fake_result("kd", "a", "b", 1, 1.0, profile="smoke")])
     with pytest.raises(ValueError, match="allowed: final_test_acc, best_val_test_acc"):
         tables.aggregate(fabricated(), metric="acc")
+    few = fake_result("kd", "a", "b", 1, 1.0)
+    few.config["fingerprint"] = {"train_images": 100}
+    with pytest.raises(ValueError, match="different setups .profile, epochs, train_images."):
+        tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), few])
+    assert "each student trained on 100 labelled images" in tables.aggregate([few]).caption
 
 
 def test_configurations_run_baseline_once_per_student():
