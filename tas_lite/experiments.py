@@ -203,6 +203,10 @@ def sweep(settings: Settings, teacher_names: Sequence[str] | None = None, studen
     share = f", share {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard is not None else ""
     say(progress, f"sweep ({settings.profile}, {settings.epochs} epochs): {len(runs)} configurations{share}, "
                   f"{len(mine) - len(todo)} already done, {len(todo)} to run -> {out}")
+    if settings.train_images is not None:  # a count the split cannot give fails here, before any teacher trains
+        for seed in sorted({r.seed for r in todo}):
+            data.loaders(settings.dataset, batch_size=settings.batch_size, img_size=settings.img_size, seed=seed,
+                         train_images=settings.train_images)
     first = settings.replace(device=devices[0]) if devices else settings
     for name in sorted({r.teacher for r in todo if r.teacher}):  # each teacher trained once, before any worker
         teachers.from_settings(name, first, progress=progress)

@@ -237,6 +237,9 @@ def test_bad_train_images_fail_before_any_teacher_trains(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="train_images must be an int from 10"):
         experiments.run("kd", "tiny_convnext", "tiny_vit", profiles.resolve("smoke", train_images=9999),
                         out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="train_images must be an int from 10"):
+        experiments.sweep(profiles.resolve("smoke", train_images=9999), method_names=["kd"], out_dir=tmp_path,
+                          progress=False)
     with pytest.raises(ValueError, match="train_images must be a positive int"):
         profiles.resolve("smoke", train_images=0)
     with pytest.raises(ValueError, match="drop train_images"):

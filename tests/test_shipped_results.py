@@ -13,7 +13,7 @@ FOLDERS = sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir()
 
 
 def test_the_default_sweep_and_the_ablation_ship_with_the_repository():
-    assert {"cpu", "cpu_ablation"} <= {p.name for p in FOLDERS}, f"missing reference results in {RESULTS}"
+    assert {"cpu", "cpu_ablation", "cpu_100_images"} <= {p.name for p in FOLDERS}, f"missing reference results in {RESULTS}"
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
@@ -37,7 +37,7 @@ def test_shipped_tables_are_what_their_results_aggregate_to(folder):
     assert table.markdown() in shipped and table.verdicts_markdown() in shipped
 
 
-@pytest.mark.parametrize("name", ["cpu", "cpu_ablation"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_ablation", "cpu_100_images"])
 def test_the_readme_quotes_the_shipped_tables(name):
     """README's 'Honest numbers' and results/ show the same numbers: each table as the results aggregate it."""
     readme = (config.REPO_DIR / "README.md").read_text()
