@@ -7,10 +7,12 @@ stopped), then aggregates the folder into a table (`tas_lite.tables`).
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -299,19 +301,34 @@ def describe_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in keys)
 
 
+def command_settings(command: str, profile: str) -> Settings:
+    """The settings a recorded `python -m tas_lite sweep ...` command resolves to with today's code: its
+    profile, with the recipe knobs a sweep can set (`--epochs`, `--train-images`) where it sets them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--train-images", type=int)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a shell command (e.g. "experiments.run(...)"): no flags to read
+        words = command.split()
+    known, _ = parser.parse_known_args(words)
+    return profiles.resolve(profile, epochs=known.epochs, train_images=known.train_images)
+
+
 def stale(folder: str | Path) -> list[str]:
-    """One line per results JSON in `folder` whose recipe is not the current code's for its profile
-    (fingerprint differences listed, and the command that makes it again); [] when all are current."""
+    """One line per results JSON in `folder` whose recipe is not what its recorded command would train with
+    today's code (fingerprint differences listed, and the command that makes it again); [] when all are
+    current. A changed profile default is stale unless the command set that knob itself."""
     lines = []
     for path in sorted(Path(folder).glob("*__*__*__seed*.json")):
         r = Result.load(path)
-        settings = profiles.resolve(r.config.get("profile", "cpu"),
-                                    train_images=r.config.get("fingerprint", {}).get("train_images"))
+        command = r.config.get("provenance", {}).get("command", "")
+        settings = command_settings(command, r.config.get("profile", "cpu"))
         differences = describe_differences(r.config.get("fingerprint", {}),
                                            fingerprint(r.method, r.teacher, r.student, settings))
         if differences:
-            command = r.config.get("provenance", {}).get("command", "python -m tas_lite sweep ...")
-            lines.append(f"stale: {path.name} ({differences}); make it again with: {command}")
+            lines.append(f"stale: {path.name} ({differences}); make it again with: "
+                         f"{command or 'python -m tas_lite sweep ...'}")
     return lines
 
 

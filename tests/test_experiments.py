@@ -1,5 +1,6 @@
 """Sweeps (resume by skipping finished configurations) and the paper-style tables they aggregate into."""
 
+import json
 import math
 
 import pandas as pd
@@ -225,11 +226,18 @@ def test_convergence_compares_the_last_epochs_change_with_seed_noise():
 
 
 def test_train_images_is_part_of_the_recipe_and_its_results_are_not_stale(tmp_path):
-    few = profiles.resolve("smoke", train_images=40)
-    result = experiments.run("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False)
+    few = profiles.resolve("smoke", train_images=40, epochs=2)
+    command = "python -m tas_lite sweep --profile smoke --epochs 2 --train-images 40 --methods baseline"
+    result = experiments.run("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False, command=command)
     assert result.config["fingerprint"]["train_images"] == 40
     assert "train_images" not in experiments.fingerprint("baseline", None, "tiny_vit", profiles.resolve("smoke"))
-    assert experiments.stale(tmp_path) == []  # judged against the smoke recipe *with* its 40 images
+    assert experiments.stale(tmp_path) == []  # judged against what its command trains: 2 epochs, 40 images
+    path = tmp_path / result_name(None, "tiny_vit", "baseline", 0)
+    doc = json.loads(path.read_text())
+    doc["config"]["provenance"]["command"] = "python -m tas_lite sweep --profile smoke --methods baseline"
+    path.write_text(json.dumps(doc))
+    (line,) = experiments.stale(tmp_path)  # the same run, as if the command had not asked for them
+    assert "epochs: 2 -> 1" in line and "train_images: 40 -> (none)" in line
 
 
 def test_bad_train_images_fail_before_any_teacher_trains(tmp_path, monkeypatch):
