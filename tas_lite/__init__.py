@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.2.0"
 
 # In import order: each module imports only modules above it (tests/test_architecture.py checks it).
-MODULES = ("util", "config", "distributed", "profiles", "stats", "data", "stages", "models", "cka", "probes",
+MODULES = ("util", "config", "distributed", "profiles", "catalog", "stats", "sources", "data", "stages", "models", "cka", "probes",
            "losses", "assistant", "heads", "methods", "results", "checkpoints", "distill", "teachers", "plots", "figures",
            "tables", "experiments", "report", "runner", "bench")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from . import bench as bench_module
-from . import config, distill, distributed, experiments, methods, profiles, runner, tables
+from . import catalog, config, distill, distributed, experiments, profiles, runner, tables
 from .util import CorruptFile, NotWritable, check_writable
 
 OK, NOTEBOOK_FAILED, BAD_INPUT, ENVIRONMENT, DIVERGED, INTERNAL = range(6)
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", parents=[common],
                                 help="teacher x student x method x seed runs, aggregated into a table",
                                 epilog="method variants (an ablation is a sweep over variants):\n"
-                                       + methods.variants_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       + catalog.variants_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--teachers", nargs="+", help="default: the profile's teacher")
     sweep.add_argument("--students", nargs="+", help="default: the profile's student")
     sweep.add_argument("--methods", nargs="+", help="default: the profile's methods; variants as method:variant, "
@@ -160,7 +160,7 @@ def _train(args: argparse.Namespace, command: str) -> None:
     settings = profiles.resolve(args.profile, epochs=args.epochs, batch_size=args.batch_size, dataset=args.dataset,
                                 max_steps=args.max_steps, device=args.device, paper=args.paper or None,
                                 train_images=args.train_images)
-    methods.check(args.method)
+    catalog.check(args.method)
     ctx = distributed.from_env()
     device = distributed.device_for(settings.device, ctx)
     distributed.check_batch(settings.batch_size, ctx.world_size)
@@ -169,7 +169,7 @@ def _train(args: argparse.Namespace, command: str) -> None:
     out = Path(args.out) if args.out else config.outputs_dir() / "train" / settings.profile
     name = experiments.result_name(teacher, student, args.method, args.seed)
     try:
-        result = experiments.run(args.method, teacher, student, settings, seed=args.seed, out_dir=out, dist=ctx,
+        result = experiments.train(args.method, teacher, student, settings, seed=args.seed, out_dir=out, dist=ctx,
                                  checkpoint_dir=out / "checkpoints" / Path(name).stem, resume=args.resume,
                                  sync_bn=args.sync_bn, command=command)
     finally:

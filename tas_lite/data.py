@@ -1,4 +1,4 @@
-"""Datasets and loaders: embedded digits, CIFAR-10/100, seeded synthetic images, ImageFolder.
+"""Datasets and loaders: embedded digits, Fashion-MNIST, CIFAR-10/100, seeded synthetic images, ImageFolder.
 
 `load(name, split)` returns a torch Dataset of (image, label) pairs, images normalised CHW float32.
 `loaders(name, batch_size=...)` returns seeded (train, val, test) DataLoaders, val carved from train.
@@ -7,32 +7,26 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
-import pickle
 import platform
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.datasets import load_digits
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.utils import check_integrity, download_url
 
-from . import config
-from .util import CorruptFile, check_writable
+from . import config, sources
+from .sources import CIFAR
 
-NAMES = ("digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>")
+NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder:<path>")
+BASES = ("digits", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder")
+IN_MEMORY = ("digits", "fashion_mnist", "synthetic")  # images held as tensors, augmented per batch
 SPLITS = ("train", "test")
 
 DIGITS_TEST_FRACTION = 0.2
@@ -42,12 +36,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CIFAR_ARCHIVES = {  # torchvision's official sources
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
-                "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
-                 "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
-}
+
 
 
 def num_classes(name: str) -> int:
@@ -55,7 +44,7 @@ def num_classes(name: str) -> int:
     base = _check_name(name)
     if base == "imagefolder":
         return len(load(name, "train").classes)
-    return {"digits": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}[base]
+    return {"digits": 10, "fashion_mnist": sources.FASHION_CLASSES, "cifar10": 10, "cifar100": 100, "synthetic": 10}[base]
 
 
 def fingerprint(name: str) -> str | None:
@@ -80,7 +69,7 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string; allowed: {', '.join(NAMES)}")
     base = name.split(":", 1)[0]
-    if base not in ("digits", "cifar10", "cifar100", "synthetic", "imagefolder"):
+    if base not in BASES:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")
     if base == "imagefolder" and not name[len("imagefolder:"):]:
         raise ValueError("imagefolder needs a path: 'imagefolder:/path/to/images'")
@@ -120,13 +109,38 @@ class RandomAffineBatch:
         return F.grid_sample(x - self.fill, grid, align_corners=False, padding_mode="zeros") + self.fill
 
 
+class CropFlipBatch:
+    """A random shift of up to +-`shift` px each way (a crop of the image padded with `fill`) and, with
+    `flip`, a horizontal flip with probability 1/2, per image, for a whole (B, C, H, W) batch at once.
+    Draws from torch's global RNG, so a seed repeats it."""
+
+    def __init__(self, shift: int, flip: bool = True, fill: float = 0.0):
+        self.shift, self.flip, self.fill = int(shift), flip, fill
+
+    def __repr__(self) -> str:
+        return f"CropFlipBatch(shift={self.shift}, flip={self.flip}, fill={self.fill})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if self.shift:
+            s = self.shift
+            padded = F.pad(x, (s, s, s, s), value=self.fill)
+            rows = torch.arange(h)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))
+            cols = torch.arange(w)[None, :] + torch.randint(0, 2 * s + 1, (b, 1))
+            x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                       rows[:, None, :, None], cols[:, None, None, :]]
+        if self.flip:
+            x = torch.where((torch.rand(b) < 0.5)[:, None, None, None], x.flip(-1), x)
+        return x
+
+
 class TensorImages(Dataset):
     """In-memory images (N, C, H, W) with labels; `batch_transform` augments whole training batches
-    (`loaders` applies it as it collates them)."""
+    (`loaders` applies it as it collates them). `classes`: their names (default: the labels present)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_transform=None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_transform=None, classes=None):
         self.images, self.labels, self.batch_transform = images, labels, batch_transform
-        self.classes = sorted(int(c) for c in labels.unique())
+        self.classes = list(classes) if classes is not None else sorted(int(c) for c in labels.unique())
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -135,11 +149,52 @@ class TensorImages(Dataset):
         return self.images[index], int(self.labels[index])
 
 
+class GreyImages(TensorImages):
+    """Grey uint8 images (N, H, W) kept as they are on disk and made model inputs when read
+    (`grey_to_input`): the training set stays at a quarter of the memory float RGB copies would take."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, img_size: int, **kwargs):
+        super().__init__(images, labels, **kwargs)
+        self.img_size = img_size
+
+    def __getitem__(self, index: int):
+        return grey_to_input(self.images[index], self.img_size), int(self.labels[index])
+
+
+def grey_to_input(image: torch.Tensor, img_size: int) -> torch.Tensor:
+    """A grey uint8 (H, W) image as a (3, img_size, img_size) input in [-1, 1]: padded with background
+    (black, -1) up to 8 px larger, resized (bilinear) otherwise, the grey copied to three channels."""
+    x = image.float().div_(127.5).sub_(1.0)[None]
+    grow = img_size - x.shape[-1]
+    if 0 <= grow <= 8:
+        x = F.pad(x, (grow // 2, grow - grow // 2, grow // 2, grow - grow // 2), value=-1.0)
+    else:
+        x = F.interpolate(x[None], size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x.expand(3, -1, -1)
+
+
 def digits_augment(img_size: int) -> RandomAffineBatch:
     """Digits' training augmentation: rotation +-10 deg, shift +-2 px at 32 px, zoom 0.9-1.1, background -1.
     Chosen on the tiny ViT's validation accuracy (40 epochs, seeds 0-1, mean of the last 5 epochs: 98.6%
     with it, 97.9% with +-2 px shifts only)."""
     return RandomAffineBatch(degrees=10.0, shift=img_size / 16, zoom=0.1, fill=-1.0)
+
+
+def fashion_augment(img_size: int) -> CropFlipBatch:
+    """Fashion-MNIST's training augmentation: shifts of up to +-2 px at 32 px and horizontal flips, on a
+    black background (clothing is left-right symmetric and centred; rotations, as digits use, do not
+    suit it). Chosen on validation: `results/README.md` gives the evidence."""
+    return CropFlipBatch(shift=max(1, img_size // 16), flip=True, fill=-1.0)
+
+
+def _fashion(split: str, img_size: int, train_aug: bool, root, download: bool) -> GreyImages:
+    """Fashion-MNIST (`sources.fashion_mnist`: cache, Debian's package or a download, every file checked)."""
+    images, labels, classes = sources.fashion_mnist(split, root, download)
+    return GreyImages(images, labels, img_size, classes=classes,
+                      batch_transform=fashion_augment(img_size) if train_aug else None)
+
+
+AUGMENTS = {"digits": digits_augment, "fashion_mnist": fashion_augment}  # in-memory sets' batch augmentation
 
 
 class AugmentingCollate:
@@ -180,119 +235,6 @@ def _synthetic(split: str, img_size: int, num_samples: int, classes: int, seed: 
     labels = torch.randint(0, classes, (num_samples,), generator=gen)
     images = protos[labels] + 0.8 * torch.randn(num_samples, 3, img_size, img_size, generator=gen)
     return TensorImages(images, labels)
-
-
-class _Refused(pickle.UnpicklingError):
-    """A CIFAR batch file asked to build something other than numpy arrays."""
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """CIFAR batches are pickles; allow only the numpy pieces they contain, never arbitrary objects."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise _Refused(f"refusing to load {module}.{name} from a CIFAR batch file")
-
-
-def _read_batch(path: Path) -> dict:
-    """One CIFAR batch (a pickle of numpy arrays); a damaged or foreign file is named in the error."""
-    fix = f"delete {path.parent} and load again (download=True fetches the archive if it is gone)"
-    try:
-        with open(path, "rb") as handle:
-            batch = _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
-    except _Refused as err:
-        raise _Refused(f"{err} ({path}); {fix}") from None
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise CorruptFile(f"{path} is truncated or damaged ({type(err).__name__}: {err}); {fix}") from err
-    if not isinstance(batch, dict):
-        raise CorruptFile(f"{path} holds {type(batch).__name__}, not a CIFAR batch; {fix}")
-    return batch
-
-
-def _download(url: str, root: Path, archive: str, md5: str) -> None:
-    """Fetch a CIFAR archive (torchvision checks its md5); no network is one sentence saying what to do."""
-    check_writable(root, "pass root= a writable folder, or set TAS_LITE_HOME to one")
-    try:
-        download_url(url, str(root), filename=archive, md5=md5)
-    except OSError as err:  # urllib's URLError included
-        reason = getattr(err, "reason", None) or err
-        raise ConnectionError(f"could not download {url} ({reason}); without a network, download it by hand "
-                              f"(a browser, curl) to {root / archive} and load again") from err
-    except RuntimeError as err:  # torchvision: the downloaded file's md5 is wrong
-        raise CorruptFile(f"the download of {url} to {root / archive} is damaged (md5 mismatch); delete it and "
-                          f"try again") from err
-
-
-def _extract(tar: Path, root: Path, folder: str) -> None:
-    """Unpack the archive into a scratch folder beside the target, then rename: never half a dataset."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
-    try:
-        with tarfile.open(tar, "r:gz") as handle:
-            handle.extractall(scratch, filter="data")
-        if not (scratch / folder).is_dir():
-            raise CorruptFile(f"{tar} holds no {folder}/ folder, so it is not the CIFAR archive; delete it and "
-                              f"load again with download=True")
-        os.replace(scratch / folder, root / folder)
-    except (tarfile.TarError, EOFError) as err:
-        raise CorruptFile(f"{tar} cannot be unpacked ({err}); delete it and load again with download=True") from err
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _cifar_folder(name: str, root: Path, download: bool) -> Path:
-    """The extracted batches folder under `root`; extracted from the archive after torchvision's md5 check
-    (a truncated archive is reported, and fetched again with `download=True`)."""
-    url, archive, md5, folder = CIFAR_ARCHIVES[name]
-    base, tar = root / folder, root / archive
-    if base.is_dir():
-        return base
-    if download and not check_integrity(str(tar), md5):
-        _download(url, root, archive, md5)
-    if tar.is_file():
-        if not check_integrity(str(tar), md5):
-            raise CorruptFile(f"{tar} is damaged: its md5 is not the official archive's (an interrupted download?); "
-                              f"delete it, or load again with download=True to fetch it anew")
-        _extract(tar, root, folder)
-    if not base.is_dir():
-        raise ValueError(
-            f"{name} not found: looked for {base} (or the archive {tar}). "
-            f"Pass download=True to fetch it (about 170 MB), set root= to where it lives, "
-            f"or use the embedded dataset 'digits', which needs no download.")
-    return base
-
-
-class CIFAR(Dataset):
-    """CIFAR-10/100 from the official python-format batches (the layout torchvision downloads)."""
-
-    def __init__(self, name: str, root: Path, train: bool, transform, download: bool = False):
-        self.root, self.transform = Path(root), transform
-        base = _cifar_folder(name, self.root, download)
-        if name == "cifar10":
-            files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-            label_key, meta_file, names_key = "labels", "batches.meta", "label_names"
-        else:
-            files = ["train"] if train else ["test"]
-            label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
-        missing = [f for f in files + [meta_file] if not (base / f).is_file()]
-        if missing:
-            raise CorruptFile(f"{name} at {base} is incomplete: missing {missing}. Delete the folder and "
-                              f"load again (download=True fetches the archive if it is gone).")
-        batches = [_read_batch(base / f) for f in files]
-        self.data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        self.data = self.data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # NHWC uint8
-        self.targets = [int(t) for b in batches for t in b[label_key]]
-        self.classes = list(_read_batch(base / meta_file)[names_key])
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
 def image_transform(train: bool, img_size: int, stats, native_size: int | None = None) -> object:
@@ -396,12 +338,14 @@ def _imagefolder(path: str, split: str, img_size: int, train_aug: bool, policy: 
 def load(name: str, split: str = "train", *, root: str | Path | None = None, img_size: int = 32,
          download: bool = False, augment: bool | None = None, num_samples: int = 512,
          synthetic_classes: int = 10, seed: int = 0, policy: TimmAugment | None = None) -> Dataset:
-    """A dataset by name: "digits", "cifar10", "cifar100", "synthetic", "imagefolder:<path>".
+    """A dataset by name: "digits", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder:<path>".
 
     Training splits are augmented unless `augment=False`; `num_samples`, `synthetic_classes` and
     `seed` only apply to "synthetic". `policy` (a `TimmAugment`) builds the images' transforms with timm
-    instead of `image_transform` (CIFAR and image folders; in-memory sets keep theirs). Missing CIFAR
-    files raise a ValueError saying where we looked.
+    instead of `image_transform` (CIFAR and image folders; in-memory sets keep theirs). `root=None` looks
+    in the cache (and, for Fashion-MNIST, in Debian's package); `root=DIR` only in DIR (torchvision's
+    layout); `download=True` fetches what is missing. Missing CIFAR files raise a ValueError saying where
+    we looked; a missing Fashion-MNIST a `util.MissingDataset` saying how to get it.
     """
     base = _check_name(name)
     _check_split(split)
@@ -409,6 +353,8 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
     train_aug = (split == "train") if augment is None else bool(augment)
     if base == "digits":
         return _digits(split, img_size, train_aug)
+    if base == "fashion_mnist":
+        return _fashion(split, img_size, train_aug, root, download)
     if base == "synthetic":
         if synthetic_classes < 2 or num_samples < 1:
             raise ValueError(f"synthetic needs synthetic_classes >= 2 and num_samples >= 1, got "
@@ -424,14 +370,14 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
 
 def describe_augmentation(name: str, img_size: int, policy: TimmAugment | None = None) -> str:
     """What a dataset's training split does to its images, as text (for a run's fingerprint)."""
-    if policy is not None and _check_name(name) not in ("digits", "synthetic"):
-        stats = CIFAR_STATS.get(_check_name(name), IMAGENET_STATS)
+    base = _check_name(name)
+    if policy is not None and base not in IN_MEMORY:
+        stats = CIFAR_STATS.get(base, IMAGENET_STATS)
         return f"{policy!r}; {policy.transform(True, img_size, stats)!r}"
     if policy is not None:  # in-memory images keep their own transforms; only mixup applies
         return f"{describe_augmentation(name, img_size)}; {policy!r} (mixup/cutmix only)"
-    train = load(name, "train", img_size=img_size) if _check_name(name) in ("digits", "synthetic") else None
-    if train is not None:
-        return repr(train.batch_transform)
+    if base in IN_MEMORY:
+        return repr(AUGMENTS[base](img_size) if base in AUGMENTS else None)
     stats = CIFAR_STATS.get(_check_name(name), IMAGENET_STATS)
     return repr(image_transform(True, img_size, stats, 32 if name in CIFAR_STATS else None))
 

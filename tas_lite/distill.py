@@ -499,7 +499,7 @@ def fit(method: str | methods.Method, teacher: nn.Module | None = None, student:
                 channels_last=channels_last, compile=compile, dist=dist)
     if dist.active:  # weights are rank 0's now (DDP broadcast them); randomness differs per process
         config.seed_everything(seed + 100_003 * dist.rank)
-    name = methods.method_name(impl)
+    name = impl.spec
     result = Result(name, model_name(impl.teacher), model_name(impl.student), seed, epochs, config={
         "recipe": asdict(recipe), "device": str(run.device), "amp": str(run.amp_dtype), "img_size": img_size,
         "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,

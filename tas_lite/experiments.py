@@ -24,7 +24,7 @@ from typing import Any
 import timm
 import torch
 
-from . import config, data, distill, distributed, methods, models, profiles, tables, teachers
+from . import catalog, config, data, distill, distributed, methods, models, profiles, tables, teachers
 from .profiles import Settings
 from .results import Result, machine
 from .util import check_writable, progress_bar, say
@@ -46,7 +46,7 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
     teacher's cache recipe. Two runs with equal fingerprints ran the same recipe; a shipped result whose
     fingerprint differs from the current code's is stale. The number of processes is not in it: N
     processes train as one does on the same global batch."""
-    name, _ = methods.parse(method)
+    name, _ = catalog.parse(method)
     model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
     recipe = distill.Recipe.choose(settings.recipe, model, settings.epochs, settings.batch_size)
     spec = {"training_version": TRAINING_VERSION, "dataset": settings.dataset, "img_size": settings.img_size,
@@ -67,7 +67,7 @@ PAPER_SELECTION = ("paper protocol: all training images train, no validation spl
                    "after every epoch and best_test_acc is the best epoch's, which is how the paper reports")
 
 
-def run(method: str, teacher: str | None, student: str, settings: Settings, *, seed: int = 0,
+def train(method: str, teacher: str | None, student: str, settings: Settings, *, seed: int = 0,
         out_dir: str | Path | None = None, progress: bool = True, method_kwargs: dict[str, Any] | None = None,
         command: str | None = None, dist: distributed.Context = distributed.SINGLE,
         checkpoint_dir: str | Path | None = None, resume: bool = False, sync_bn: bool = False) -> Result:
@@ -113,7 +113,7 @@ def run(method: str, teacher: str | None, student: str, settings: Settings, *, s
                          teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None),
                          teacher_train_seconds=(t_model.tas_lite_info.get("train_seconds") if t_model is not None else None),
                          fingerprint=fingerprint(method, teacher, student, settings), provenance={
-                             **machine(), "command": command or f"experiments.run({method!r}, {teacher!r}, "
+                             **machine(), "command": command or f"experiments.train({method!r}, {teacher!r}, "
                                                                 f"{student!r}, profile {settings.profile!r}, seed={seed})"},
                          **({"selection": PAPER_SELECTION} if settings.paper else {}))
     if out_dir is not None:
@@ -154,7 +154,7 @@ class Configuration:
 def configurations(teacher_names: Sequence[str], student_names: Sequence[str], method_names: Sequence[str],
                    seeds: Sequence[int]) -> list[Configuration]:
     """Every (teacher, student, method, seed), baselines once per student; names checked up front."""
-    method_names = methods.check(method_names)
+    method_names = catalog.check(method_names)
     bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
     if bad_seeds or not seeds:
         raise ValueError(f"seeds must be non-negative ints (at least one), got {list(seeds)}")
@@ -248,7 +248,7 @@ def _run_one(r: Configuration, settings: Settings, out: Path, threads: int | Non
         torch.set_num_threads(threads)
     if _WORKER_DEVICE is not None:
         settings = settings.replace(device=_WORKER_DEVICE)
-    return run(r.method, r.teacher, r.student, settings, seed=r.seed, out_dir=out, progress=False, command=command)
+    return train(r.method, r.teacher, r.student, settings, seed=r.seed, out_dir=out, progress=False, command=command)
 
 
 def _execute(todo: list[Configuration], settings: Settings, out: Path, workers: int, progress: bool,
@@ -309,7 +309,7 @@ def command_settings(command: str, profile: str) -> Settings:
     parser.add_argument("--train-images", type=int)
     try:
         words = shlex.split(command)
-    except ValueError:  # not a shell command (e.g. "experiments.run(...)"): no flags to read
+    except ValueError:  # not a shell command (e.g. "experiments.train(...)"): no flags to read
         words = command.split()
     known, _ = parser.parse_known_args(words)
     return profiles.resolve(profile, epochs=known.epochs, train_images=known.train_images)

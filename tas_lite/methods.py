@@ -1,8 +1,9 @@
-"""Distillation methods, one small class each, registered by name in `METHODS`.
+"""Distillation methods, one small class each, registered by name with `@register` in `METHODS`.
 
 A method is an nn.Module that holds only its *new* modules (projectors, branches, L2G); teacher and
 student are plain references. `forward(x, y)` returns a `Step` (total loss, every term, student
-logits), which the shared loop in `tas_lite.distill` optimises.
+logits), which the shared loop in `tas_lite.distill` optimises. `build("tas:no_nce", teacher, student)`
+is the one way a method is made from its name (names and variants: `tas_lite.catalog`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import assistant, cka, heads, losses
+from . import assistant, catalog, cka, heads, losses
 from .models import input_size
 from .stages import StageView, stages, unique_parameters
 
@@ -28,10 +29,26 @@ class Step:
     logits: torch.Tensor
 
 
+METHODS: dict[str, type[Method]] = {}  # name -> class, in `catalog.NAMES` order once every class is registered
+
+
+def register(name: str):
+    """Class decorator: file a Method subclass under `name` (one of `catalog.NAMES`) and tell the class its name."""
+    def add(cls: type[Method]) -> type[Method]:
+        if name not in catalog.NAMES:
+            raise ValueError(f"method name {name!r} is not in catalog.NAMES ({', '.join(catalog.NAMES)}); add it there")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return add
+
+
+@register("baseline")
 class Method(nn.Module):
-    """Labels only (the baseline). Subclasses add a teacher signal."""
+    """Labels only (the baseline). Subclasses add a teacher signal and register under their own name."""
 
     needs_teacher = False
+    name: ClassVar[str]
 
     def __init__(self, teacher: nn.Module | None, student: nn.Module, *, img_size: int,
                  label_smoothing: float = 0.1):
@@ -44,7 +61,11 @@ class Method(nn.Module):
         object.__setattr__(self, "t_view", stages(teacher) if teacher is not None else None)
         self.img_size, self.label_smoothing = img_size, label_smoothing
         self.epoch_progress = 0.0
-        self.spec = next(n for n, cls in METHODS.items() if cls is type(self))  # `build` adds variants
+        if "name" not in type(self).__dict__:
+            raise ValueError(f"{type(self).__name__} is not a registered method; decorate it with "
+                             f"@methods.register('<name>') (registered: {', '.join(METHODS)})")
+        self.spec = type(self).name  # `build` adds the variants it was built with
+        self.arguments: dict[str, Any] = {}  # every keyword argument it trains with (`build` fills it in)
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Label cross-entropy: integer labels with the recipe's smoothing, or mixup's soft targets."""
@@ -72,6 +93,10 @@ class Method(nn.Module):
         resumed run schedules exactly as an uninterrupted one."""
         self.epoch_progress = step / max(1, steps_per_epoch)
 
+    def ramp(self, warmup_epochs: float) -> float:
+        """A warm-up weight now: 0 -> 1 linearly over the first `warmup_epochs` epochs (1 without warm-up)."""
+        return min(1.0, self.epoch_progress / warmup_epochs) if warmup_epochs > 0 else 1.0
+
     def epoch_metrics(self, probe: torch.Tensor) -> dict[str, float]:
         """Measurements to log after each epoch on a fixed probe batch (e.g. TAS's feature similarities)."""
         return {}
@@ -88,6 +113,7 @@ class Method(nn.Module):
         return self
 
 
+@register('kd')
 class KD(Method):
     """CE + Hinton KD on logits, weight 1. T = 1 as the OFA authors' code runs its KD baseline (their
     train.py default); `kd:t4` is the T = 4 common in the KD literature."""
@@ -105,6 +131,7 @@ class KD(Method):
         return Step(ce + self.weight * kd, {"ce": ce.detach(), "kd": kd.detach()}, s.detach())
 
 
+@register('dkd')
 class DKD(Method):
     """CE + decoupled KD (alpha 1, beta 8, T 4), its weight ramped up linearly over the first
     `warmup_epochs` (the DKD paper warms up over 20 of 240 CIFAR epochs). `dkd:ofa` is the OFA authors'
@@ -123,10 +150,10 @@ class DKD(Method):
         s = self.student(x)
         ce = self.ce(s, y)
         dkd = losses.dkd(s, t, losses.hard_labels(y), self.alpha, self.beta, self.temperature)
-        ramp = min(1.0, self.epoch_progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
-        return Step(ce + ramp * dkd, {"ce": ce.detach(), "dkd": dkd.detach()}, s.detach())
+        return Step(ce + self.ramp(self.warmup_epochs) * dkd, {"ce": ce.detach(), "dkd": dkd.detach()}, s.detach())
 
 
+@register('dist')
 class DIST(Method):
     """CE + DIST (beta 1, gamma 1, T 1)."""
 
@@ -143,6 +170,7 @@ class DIST(Method):
         return Step(ce + dist, {"ce": ce.detach(), "dist": dist.detach()}, s.detach())
 
 
+@register('fitnet')
 class FitNet(Method):
     """CE + hint loss: MSE between the teacher's stage-3 map and a 1x1-conv projection of the
     student's, resized to the teacher's grid. Works across families through the NCHW view."""
@@ -174,6 +202,7 @@ def _tokens(view: StageView, s: torch.Tensor) -> torch.Tensor:
     return view.nchw(s).flatten(2).transpose(1, 2) if view.layout != "tokens" else s
 
 
+@register('ofa')
 class OFA(Method):
     """CE + OFA loss on the final logits and on logits from a branch after each of `branch_stages`.
 
@@ -218,6 +247,7 @@ class OFA(Method):
         return Step(total, {k: v.detach() for k, v in terms.items()}, s.detach())
 
 
+@register('tas')
 class TAS(Method):
     """The hybrid assistant and the three-pair TAS loss (see `tas_lite.losses.TASLoss`).
 
@@ -252,10 +282,6 @@ class TAS(Method):
                                         nce_temperature=nce_temperature, label_smoothing=self.label_smoothing,
                                         weights=weights, detach_supervisor=detach_supervisor, negatives=negatives)
 
-    def ramp(self) -> float:
-        """Weight of the assistant -> student terms now: 0 -> 1 linearly over `warmup_epochs`."""
-        return min(1.0, self.epoch_progress / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
-
     def outputs(self, x: torch.Tensor) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list, list]:
         """(logits, pooled feature) of teacher, student and assistant, and the teacher's and student's stages."""
         with torch.no_grad():
@@ -268,7 +294,7 @@ class TAS(Method):
 
     def forward(self, x, y):
         outputs, _, _ = self.outputs(x)
-        total, terms = self.criterion(outputs, y, ramp=self.ramp())
+        total, terms = self.criterion(outputs, y, ramp=self.ramp(self.warmup_epochs))
         return Step(total, {k: v.detach() for k, v in terms.items()}, outputs["student"][0].detach())
 
     @torch.no_grad()
@@ -313,55 +339,10 @@ class TAS(Method):
         return self
 
 
-METHODS: dict[str, type[Method]] = {"baseline": Method, "kd": KD, "dkd": DKD, "dist": DIST, "fitnet": FitNet,
-                                    "ofa": OFA, "tas": TAS}
-
-_NO = {"nce": ("nce_ts", "nce_ta", "nce_as"), "ofa": ("ofa_ts", "ofa_ta", "ofa_as"), "ts": ("nce_ts", "ofa_ts"),
-       "ta": ("nce_ta", "ofa_ta"), "as": ("nce_as", "ofa_as")}
-# method -> variant -> (what it changes, keyword arguments). "tas:no_nce+no_ofa" combines variants.
-VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
-    "kd": {"t4": ("temperature 4 instead of the OFA authors' 1", {"temperature": 4.0})},
-    "dkd": {"ofa": ("the OFA authors' train.py defaults: alpha 1, beta 2, T 1, no warm-up",
-                    {"beta": 2.0, "temperature": 1.0, "warmup_epochs": 0.0})},
-    "ofa": {"s123": ("branches after stages 1-3 only (lighter than the authors' 1-4)", {"branch_stages": (1, 2, 3)})},
-    "tas": {
-        **{f"no_{k}": (f"without the {' and '.join(v)} term{'s' if len(v) > 1 else ''}",
-                       {"weights": dict.fromkeys(v, 0.0)}) for k, v in _NO.items()},
-        "no_l2g_attn": ("L2G without its attention block: a patch embedding only", {"l2g_attention": False}),
-        "paper": ("the paper's reading: every other in-batch image is an InfoNCE negative, same class or not",
-                  {"negatives": "all"}),
-        "warmup": ("assistant -> student terms ramped up over the first 5 epochs", {"warmup_epochs": 5.0}),
-    },
-}
-
-
-def variants_help() -> str:
-    """Every variant, one per line: `method:variant  what it changes`."""
-    return "\n".join(f"{m}:{v}  {text}" for m, table in VARIANTS.items() for v, (text, _) in table.items())
-
-
-def parse(spec: str) -> tuple[str, dict[str, Any]]:
-    """("tas", kwargs) from "tas:no_nce+no_ofa": a method name, then variants joined by "+"."""
-    if not isinstance(spec, str):
-        raise ValueError(f"a method is named by a string, got {spec!r}; allowed: {', '.join(METHODS)}")
-    name, colon, rest = spec.partition(":")
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} in {spec!r}; allowed: {', '.join(METHODS)}")
-    table = VARIANTS.get(name, {})
-    kwargs: dict[str, Any] = {}
-    for variant in rest.split("+") if colon else []:
-        if variant not in table:
-            allowed = ", ".join(f"{name}:{v}" for v in table) or "none"
-            raise ValueError(f"{name!r} has no variant {variant!r} (in {spec!r}); its variants: {allowed}")
-        for key, value in table[variant][1].items():
-            kwargs[key] = {**kwargs.get(key, {}), **value} if isinstance(value, dict) else value
-    return name, kwargs
-
-
 def arguments(spec: str) -> dict[str, Any]:
     """Every keyword argument a method spec trains with: the class defaults, then its variants' changes
     (what a result's fingerprint records, so a changed default makes old results stale)."""
-    name, variant_kwargs = parse(spec)
+    name, variant_kwargs = catalog.parse(spec)
     defaults = {}
     for cls in METHODS[name].__mro__:
         if cls is nn.Module or not issubclass(cls, Method):
@@ -369,43 +350,23 @@ def arguments(spec: str) -> dict[str, Any]:
         for p in inspect.signature(cls.__init__).parameters.values():
             if p.kind is p.KEYWORD_ONLY and p.name not in ("img_size", "label_smoothing"):
                 defaults.setdefault(p.name, p.default)
-    merged = {**defaults, **variant_kwargs}
-    if "weights" in variant_kwargs:
-        merged["weights"] = {**(defaults.get("weights") or {}), **variant_kwargs["weights"]}
-    return merged
-
-
-def check(specs) -> list[str]:
-    """The method specs as a list, every one valid (name and variants), or one ValueError naming them."""
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    if not specs:
-        raise ValueError(f"no method given; allowed: {', '.join(METHODS)} (variants: method:variant)")
-    for spec in specs:
-        parse(spec)
-    return specs
+    return catalog.merge(defaults, variant_kwargs)
 
 
 def build(spec: str, teacher: nn.Module | None, student: nn.Module, *, img_size: int | None = None,
           **kwargs) -> Method:
     """Instantiate a method ("kd", or a variant such as "tas:no_nce") for this teacher and student;
-    unknown names and arguments are ValueErrors. `img_size=None`: the size the student was built for."""
-    name, variant_kwargs = parse(spec)
+    unknown names and arguments are ValueErrors. `img_size=None`: the size the student was built for.
+    The method remembers its spec and every argument it trains with (`method.arguments`)."""
+    name, variant_kwargs = catalog.parse(spec)
     size = img_size or input_size(student) or (input_size(teacher) if teacher is not None else None)
     if size is None:
         raise ValueError("cannot tell the input size of these models; pass img_size=")
-    merged = {**variant_kwargs, **kwargs}
-    if "weights" in variant_kwargs and "weights" in kwargs:
-        merged["weights"] = {**variant_kwargs["weights"], **kwargs["weights"]}
+    merged = catalog.merge(variant_kwargs, kwargs)
     try:
         method = METHODS[name](teacher, student, img_size=size, **merged)
     except TypeError as err:
         raise ValueError(f"bad arguments for method {name!r}: {err}") from err
     method.spec = spec
+    method.arguments = catalog.merge(arguments(spec), {k: v for k, v in kwargs.items() if k != "label_smoothing"})
     return method
-
-
-def method_name(method: Method) -> str:
-    """The name a method instance was built by, variants included ("tas:no_nce")."""
-    if type(method) not in METHODS.values():
-        raise ValueError(f"{type(method).__name__} is not a registered method; registered: {', '.join(METHODS)}")
-    return method.spec

@@ -23,7 +23,7 @@ from typing import Any
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
-from . import config, methods, models, profiles
+from . import catalog, config, models, profiles
 from .report import NotebookRun, RunReport, write_site
 from .util import check_writable, say
 
@@ -193,9 +193,9 @@ def _check_names(name: str, value: Any, where: str) -> None:
     if name == "METHODS":
         if not value:
             raise ValueError(f"parameter METHODS of {where} needs at least one method; allowed: "
-                             f"{', '.join(methods.METHODS)}")
+                             f"{', '.join(catalog.NAMES)}")
         try:
-            methods.check(value)
+            catalog.check(value)
         except ValueError as err:
             raise ValueError(f"parameter METHODS of {where}: {err}") from err
     elif name in ("TEACHER", "STUDENT"):

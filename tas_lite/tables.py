@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import data, plots, stats
-from .methods import METHODS
+from .catalog import NAMES as METHOD_NAMES
 from .models import TINY, tiny_family
 from .results import Result
 
@@ -42,7 +42,7 @@ METRICS = {"final_test_acc": "test accuracy after the last epoch",
            "best_test_acc": "test accuracy of the best test epoch (how the paper reports; --paper runs only)"}
 # The comparisons a sweep's verdicts report: every method against KD, KD against the baseline, TAS against OFA.
 VERDICT_PAIRS = (("kd", "baseline"), ("tas", "ofa"))
-_ORDER = list(METHODS) + ["crd"]
+_ORDER = list(METHOD_NAMES) + ["crd"]
 
 
 def method_order(spec: str) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """Small helpers every layer uses: console lines, progress bars, eval mode for a while, atomic writes,
-writable-folder checks, and the two errors every file-reading layer raises (`CorruptFile`, `NotWritable`)."""
+writable-folder checks, and the errors every file-reading layer raises (`CorruptFile`, `NotWritable`,
+`MissingDataset`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ FILE_MODE = 0o666 & ~_UMASK
 
 class CorruptFile(ValueError):
     """A file is truncated, damaged or not what it claims to be; the message names it and how to rebuild it."""
+
+
+class MissingDataset(OSError):
+    """A dataset is on none of the places tas_lite looks and cannot be downloaded; the message says how to get it."""
 
 
 class NotWritable(OSError):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tas_lite import data
+from tas_lite import data, sources
 
 
 def test_digits_is_embedded_normalised_rgb():
@@ -55,7 +55,7 @@ def test_synthetic_is_seeded():
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("mnist", {}, "allowed: digits, cifar10"),
+    ("mnist", {}, "allowed: digits, fashion_mnist, cifar10"),
     ("digits", {"split": "val"}, "allowed: train, test"),
     ("digits", {"img_size": 4}, "img_size"),
     ("imagefolder:", {}, "needs a path"),
@@ -81,8 +81,8 @@ def _write_cifar10_archive(root, monkeypatch, n_per_batch=4):
                        "labels": rng.integers(0, 10, n_per_batch).tolist()})
         add("batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
     (root / "cifar-10-python.tar.gz").write_bytes(buf.getvalue())
-    url, archive, _, folder = data.CIFAR_ARCHIVES["cifar10"]
-    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10", (url, archive, hashlib.md5(buf.getvalue()).hexdigest(), folder))
+    url, archive, _, folder = sources.CIFAR_ARCHIVES["cifar10"]
+    monkeypatch.setitem(sources.CIFAR_ARCHIVES, "cifar10", (url, archive, hashlib.md5(buf.getvalue()).hexdigest(), folder))
 
 
 def test_cifar10_reads_a_fabricated_archive(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tas_lite import config, data, distill, experiments, methods, models, profiles, teachers
+from tas_lite import catalog, config, data, distill, experiments, methods, models, profiles, teachers
 from tas_lite.results import Result
 
 
@@ -154,7 +154,7 @@ def test_gpu_profile_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeyp
     settings = profiles.resolve("gpu", dataset="synthetic", pretrained=False, epochs=1, max_steps=2, teacher_epochs=1,
                                 teacher_max_steps=2, batch_size=8, teacher_batch_size=8, img_size=64,
                                 device="cpu", amp=False)
-    result = experiments.run("tas", "convnext_tiny", "deit_tiny_patch16_224", settings, out_dir=tmp_path,
+    result = experiments.train("tas", "convnext_tiny", "deit_tiny_patch16_224", settings, out_dir=tmp_path,
                              progress=False)
     assert result.config["profile"] == "gpu" and result.config["img_size"] == 64
     assert (tmp_path / experiments.result_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
@@ -222,7 +222,7 @@ def test_kd_temperature_is_the_authors_and_t4_is_a_variant():
 ])
 def test_unknown_variants_are_rejected_with_the_allowed_list(spec, match):
     with pytest.raises(ValueError, match=match):
-        methods.check(["kd", spec])
+        catalog.check(["kd", spec])
 
 
 def test_variants_change_what_they_say():
@@ -243,9 +243,24 @@ def test_tas_warm_up_ramps_the_assistant_terms_over_epochs():
     ramps = []
     for step in (0, 10, 20, 40, 80):
         tas.on_step(step, steps_per_epoch=20)
-        ramps.append(tas.ramp())
+        ramps.append(tas.ramp(tas.warmup_epochs))
     assert ramps == [0.0, 0.25, 0.5, 1.0, 1.0]
-    assert methods.build("tas", teacher, student).ramp() == 1.0
+    plain = methods.build("tas", teacher, student)
+    assert plain.ramp(plain.warmup_epochs) == 1.0
+
+
+def test_registry_follows_the_catalog_and_refuses_unregistered_methods():
+    assert list(methods.METHODS) == list(catalog.NAMES)
+    assert all(cls.name == name for name, cls in methods.METHODS.items())
+
+    class Mine(methods.KD):  # a subclass nobody registered: a clear error, not a StopIteration
+        pass
+
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    with pytest.raises(ValueError, match=r"Mine is not a registered method; decorate it with @methods.register"):
+        Mine(teacher, student, img_size=32)
+    with pytest.raises(ValueError, match="not in catalog.NAMES"):
+        methods.register("mine")(Mine)
 
 
 def test_tas_history_carries_the_bridge_measurements():

@@ -199,7 +199,7 @@ def _fake_run(calls):
 
 def test_sweep_shards_from_a_faked_slurm_array_merge_into_one_table(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(experiments, "run", _fake_run(calls))
+    monkeypatch.setattr(experiments, "train", _fake_run(calls))
     argv = ["sweep", "--profile", "smoke", "--teachers", "tiny_convnext", "--students", "tiny_vit", "--methods",
             "baseline", "kd", "--seeds", "0", "1", "--out", str(tmp_path)]
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
@@ -216,7 +216,7 @@ def test_sweep_shards_from_a_faked_slurm_array_merge_into_one_table(tmp_path, mo
 
 def test_sweep_devices_give_each_worker_its_own_device(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(experiments, "run", _fake_run(calls))
+    monkeypatch.setattr(experiments, "train", _fake_run(calls))
     queue = __import__("queue").Queue()
     queue.put("cpu")
     monkeypatch.setattr(experiments, "_WORKER_DEVICE", None)
@@ -292,7 +292,7 @@ TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR"
     (["sweep", "--profile", "smoke"], TORCHRUN_ENV, "start it without torchrun"),
 ])
 def test_bad_input_stops_before_any_work(argv, env, match, monkeypatch, capsys):
-    monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    monkeypatch.setattr(experiments, "train", lambda *a, **k: pytest.fail("nothing may train"))
     monkeypatch.setattr(teachers, "from_settings", lambda *a, **k: pytest.fail("nothing may train"))
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("no group may start"))
     for name, value in env.items():

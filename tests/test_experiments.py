@@ -95,7 +95,7 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
         result.save(out_dir / result_name(teacher, student, method, seed))
         return result
 
-    monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(experiments, "train", fake_run)
     smoke = profiles.resolve("smoke")
     kwargs = dict(teacher_names=["tiny_convnext"], student_names=["tiny_vit"], method_names=["baseline", "kd", "tas"],
                   seeds=[0, 1], out_dir=tmp_path, progress=False)
@@ -179,7 +179,7 @@ def test_stats_match_scipys_paired_t_test():
 
 def test_results_carry_fingerprint_and_provenance_and_stale_ones_are_named(tmp_path):
     smoke = profiles.resolve("smoke")
-    result = experiments.run("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
+    result = experiments.train("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
                              command="python -m tas_lite sweep --profile smoke")
     prov = result.config["provenance"]
     assert prov["command"] == "python -m tas_lite sweep --profile smoke"
@@ -193,7 +193,7 @@ def test_results_carry_fingerprint_and_provenance_and_stale_ones_are_named(tmp_p
 
 
 def test_sweep_rejects_bad_methods_and_workers_before_any_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    monkeypatch.setattr(experiments, "train", lambda *a, **k: pytest.fail("nothing may train"))
     smoke = profiles.resolve("smoke")
     with pytest.raises(ValueError, match="'tas' has no variant 'no_foo'"):
         experiments.sweep(smoke, method_names=["kd", "tas:no_foo"], out_dir=tmp_path, progress=False)
@@ -228,7 +228,7 @@ def test_convergence_compares_the_last_epochs_change_with_seed_noise():
 def test_train_images_is_part_of_the_recipe_and_its_results_are_not_stale(tmp_path):
     few = profiles.resolve("smoke", train_images=40, epochs=2)
     command = "python -m tas_lite sweep --profile smoke --epochs 2 --train-images 40 --methods baseline"
-    result = experiments.run("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False, command=command)
+    result = experiments.train("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False, command=command)
     assert result.config["fingerprint"]["train_images"] == 40
     assert "train_images" not in experiments.fingerprint("baseline", None, "tiny_vit", profiles.resolve("smoke"))
     assert experiments.stale(tmp_path) == []  # judged against what its command trains: 2 epochs, 40 images
@@ -243,7 +243,7 @@ def test_train_images_is_part_of_the_recipe_and_its_results_are_not_stale(tmp_pa
 def test_bad_train_images_fail_before_any_teacher_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments.teachers, "from_settings", lambda *a, **k: pytest.fail("no teacher may train"))
     with pytest.raises(ValueError, match="train_images must be an int from 10"):
-        experiments.run("kd", "tiny_convnext", "tiny_vit", profiles.resolve("smoke", train_images=9999),
+        experiments.train("kd", "tiny_convnext", "tiny_vit", profiles.resolve("smoke", train_images=9999),
                         out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="train_images must be an int from 10"):
         experiments.sweep(profiles.resolve("smoke", train_images=9999), method_names=["kd"], out_dir=tmp_path,

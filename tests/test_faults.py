@@ -31,7 +31,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import tas_lite
-from tas_lite import checkpoints, cka, data, distill, experiments, models, profiles, runner, teachers, util
+from tas_lite import checkpoints, cka, data, distill, experiments, models, profiles, runner, sources, teachers, util
 from tas_lite.__main__ import main
 from tas_lite.results import Result
 from tas_lite.util import CorruptFile, NotWritable
@@ -453,7 +453,7 @@ def test_cli_sweep_and_bench_check_out_before_any_work(command, monkeypatch, cap
     """Row: `sweep --out` / `bench --out` unwritable trained or benchmarked first, then a traceback."""
     from tas_lite import bench
 
-    monkeypatch.setattr(experiments, "run", no_training)
+    monkeypatch.setattr(experiments, "train", no_training)
     monkeypatch.setattr(bench, "bench", no_training)
     out = UNWRITABLE if command == "sweep" else f"{UNWRITABLE}/bench.json"
     assert main([command, "--out", out] + (["--profile", "smoke"] if command == "sweep" else [])) == 3
@@ -485,9 +485,9 @@ def test_unknown_method_or_model_is_rejected_before_the_teacher_trains(monkeypat
     monkeypatch.setattr(data, "loaders", no_training)
     settings = profiles.resolve("smoke")
     with pytest.raises(ValueError, match=r"unknown method 'kd_typo'"):
-        experiments.run("kd_typo", "tiny_convnext", "tiny_vit", settings)
+        experiments.train("kd_typo", "tiny_convnext", "tiny_vit", settings)
     with pytest.raises(ValueError, match=r"unknown model 'tiny_vitt'"):
-        experiments.run("kd", "tiny_convnext", "tiny_vitt", settings)
+        experiments.train("kd", "tiny_convnext", "tiny_vitt", settings)
 
 
 def test_cli_methods_with_an_unknown_name_is_rejected_before_any_notebook(tmp_path, capsys, no_papermill):
@@ -584,7 +584,7 @@ def test_result_save_is_atomic_and_a_truncated_results_json_is_named(tmp_path, m
     sweep_dir.mkdir()
     truncated = sweep_dir / experiments.result_name(None, settings.student, "baseline", 0)
     truncated.write_text('{"method": "baseline", "teach')
-    monkeypatch.setattr(experiments, "run", no_training)
+    monkeypatch.setattr(experiments, "train", no_training)
     with pytest.raises(CorruptFile, match=rf"{truncated} is not valid JSON .*delete it"):
         experiments.sweep(settings, out_dir=sweep_dir, progress=False)
 
@@ -603,8 +603,8 @@ def cifar10_archive(monkeypatch, n=4) -> bytes:
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    url, archive, _, folder = data.CIFAR_ARCHIVES["cifar10"]
-    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10", (url, archive, hashlib.md5(buf.getvalue()).hexdigest(), folder))
+    url, archive, _, folder = sources.CIFAR_ARCHIVES["cifar10"]
+    monkeypatch.setitem(sources.CIFAR_ARCHIVES, "cifar10", (url, archive, hashlib.md5(buf.getvalue()).hexdigest(), folder))
     return buf.getvalue()
 
 
@@ -624,7 +624,7 @@ def test_truncated_cifar_archive_is_reported_then_fetched_again(tmp_path, monkey
         fetched.append(url)
         (Path(root) / filename).write_bytes(good)
 
-    monkeypatch.setattr(data, "download_url", fake_download)
+    monkeypatch.setattr(sources, "download_url", fake_download)
     assert len(data.load("cifar10", root=tmp_path, download=True)) == 20 and len(fetched) == 1
 
 

@@ -118,12 +118,12 @@ def test_paper_protocol_trains_on_everything_and_reports_the_best_test_epoch(tmp
 
     monkeypatch.setattr(distill, "fit", spy)
     common = dict(student="tiny_vit", img_size=32, epochs=2, max_steps=1, batch_size=4, device="cpu", amp=False)
-    result = experiments.run("baseline", None, "tiny_vit", profiles.resolve("gpu", paper=True, **common),
+    result = experiments.train("baseline", None, "tiny_vit", profiles.resolve("gpu", paper=True, **common),
                              out_dir=tmp_path, progress=False)
     assert seen["train"] == 10 and seen["val"] is seen["test"]  # all training images; the test set picks the epoch
     assert result.best_test_acc == max(row["val_acc"] for row in result.history)
     assert "how the paper reports" in result.config["selection"] and result.config["fingerprint"]["paper"]
     assert "the way the paper reports" in experiments.summary(result)
-    result = experiments.run("baseline", None, "tiny_vit", profiles.resolve("gpu", **common), progress=False)
+    result = experiments.train("baseline", None, "tiny_vit", profiles.resolve("gpu", **common), progress=False)
     assert seen["train"] == 9 and seen["val"] is not seen["test"] and result.best_test_acc is None
     assert "best on validation" in experiments.summary(result) and result.config["recipe"]["optimizer"] == "adamw"

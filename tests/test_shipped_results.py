@@ -46,7 +46,7 @@ def test_the_readme_quotes_the_shipped_tables(name):
 
 def test_a_changed_recipe_is_reported_stale(tmp_path):
     smoke = profiles.resolve("smoke")
-    result = experiments.run("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
+    result = experiments.train("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
                              command="python -m tas_lite sweep --profile smoke --methods kd")
     assert experiments.stale(tmp_path) == []
     path = tmp_path / experiments.result_name("tiny_resnet", "tiny_vit", "kd", 0)
