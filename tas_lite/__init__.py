@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 # In import order: each module imports only modules above it (tests/test_architecture.py checks it).
-MODULES = ("util", "config", "distributed", "profiles", "catalog", "stats", "sources", "data", "stages", "models", "cka", "probes",
-           "losses", "assistant", "heads", "methods", "results", "checkpoints", "distill", "teachers", "plots", "figures",
-           "tables", "experiments", "report", "runner", "bench")
+MODULES = ("paths", "util", "colab", "config", "distributed", "profiles", "catalog", "stats", "sources",
+           "data", "stages", "models", "cka", "probes", "losses", "assistant", "heads", "methods", "results",
+           "checkpoints", "distill", "teachers", "plots", "figures", "tables", "experiments", "report",
+           "runner", "bench")
 
 
 def __getattr__(name: str):

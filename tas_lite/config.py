@@ -1,66 +1,24 @@
-"""Where caches and outputs live, which device to use, and seeding. Profiles live in `tas_lite.profiles`."""
+"""Which device to use, and seeding; the folders (caches, outputs, the course's notebooks and reference results)
+come from `tas_lite.paths` and are reachable here too (`config.home()`). Profiles live in `tas_lite.profiles`."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-
-
-def in_checkout() -> bool:
-    """True when tas_lite is imported from a source checkout (pyproject + notebooks beside it)."""
-    return (REPO_DIR / "pyproject.toml").is_file() and (REPO_DIR / "notebooks").is_dir()
-
-
-def home() -> Path:
-    """Cache root: $TAS_LITE_HOME, else `<repo>/data` in a checkout, else `~/.cache/tas_lite`."""
-    env = os.environ.get("TAS_LITE_HOME")
-    if env:
-        root = Path(env).expanduser()
-    elif in_checkout():
-        root = REPO_DIR / "data"
-    else:
-        root = Path.home() / ".cache" / "tas_lite"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def datasets_dir() -> Path:
-    """Folder for downloaded datasets (CIFAR archives and the like)."""
-    path = home() / "datasets"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def checkpoints_dir() -> Path:
-    """Folder for trained models (safetensors + JSON sidecars)."""
-    path = home() / "checkpoints"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def outputs_dir() -> Path:
-    """Where runs write executed notebooks, results and reports: `<repo>/outputs` in a checkout."""
-    path = (REPO_DIR if in_checkout() else home()) / "outputs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def results_dir() -> Path:
-    """The reference results that ship with the repository (`<repo>/results`; only in a checkout)."""
-    return REPO_DIR / "results"
-
-
-def notebooks_dir() -> Path:
-    """The numbered notebooks of the course (only present in a checkout)."""
-    return REPO_DIR / "notebooks"
-
+from .paths import (  # noqa: F401  (the folders, as config.* for every caller)
+    PACKAGE_DIR,
+    REPO_DIR,
+    checkpoints_dir,
+    datasets_dir,
+    home,
+    in_checkout,
+    notebooks_dir,
+    outputs_dir,
+    results_dir,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -1,11 +1,12 @@
-"""The notebooks' contract: clean commits, a Colab badge, one papermill parameters cell."""
+"""The notebooks' contract: clean commits, a Colab badge and the Colab cell (generated from the repository's
+address), one papermill parameters cell."""
 
 import json
 import re
 
 import pytest
 
-from tas_lite import config
+from tas_lite import colab, config
 
 NOTEBOOKS = sorted(config.notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
 
@@ -22,8 +23,8 @@ def test_notebook_follows_the_conventions(path):
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in code), "commit notebooks without outputs"
     assert cells[0]["cell_type"] == "markdown" and cells[0]["source"][0].startswith("# ")
-    assert f"colab.research.google.com/github/tas-lite/tas_lite/blob/main/notebooks/{path.name}" in "".join(cells[0]["source"])
-    assert "google.colab" in "".join(cells[1]["source"])
+    assert colab.badge(path.name) in "".join(cells[0]["source"]).split("\n")[:3], "the Colab badge under the title"
+    assert "".join(cells[1]["source"]) == colab.install_cell(), "the Colab cell as colab.install_cell() writes it"
     tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is cells[2]
     source = "".join(tagged[0]["source"])
