@@ -10,9 +10,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # for annotations only: util stays cheap to import (the command line starts with it)
+    from torch import nn
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp makes 0600 files, but what we write should get the usual mode
