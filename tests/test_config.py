@@ -52,4 +52,16 @@ def test_profiles_share_one_set_of_knobs():
 def test_every_teacher_knob_can_be_overridden():
     s = profiles.resolve("cpu", teacher_epochs=3, teacher_batch_size=16, teacher_max_steps=5)
     assert (s.teacher_epochs, s.teacher_batch_size, s.teacher_max_steps) == (3, 16, 5)
-    assert profiles.DEFAULT == profiles.resolve("cpu")
+    assert not hasattr(profiles, "DEFAULT"), "profile values are read when called, never frozen at import"
+
+
+def test_cpu_profile_is_fashion_mnist_and_keeps_its_digits_recipe():
+    cpu = profiles.resolve("cpu")
+    assert cpu.dataset == "fashion_mnist" and cpu.train_images == profiles.PROFILES["cpu"]["train_images"]
+    digits = profiles.resolve("cpu", dataset="digits")
+    assert digits.dataset == "digits"
+    for knob, value in profiles.DATASET_VALUES["cpu"]["digits"].items():
+        assert getattr(digits, knob) == value, knob
+    assert digits.train_images is None and digits.teacher_epochs != cpu.teacher_epochs
+    assert profiles.resolve("cpu", dataset="digits", epochs=3).epochs == 3  # an explicit override still wins
+    assert profiles.resolve("smoke").dataset == "digits"

@@ -1,10 +1,13 @@
+import dataclasses
+import inspect
 import json
 
 import pytest
 import torch
 
-from tas_lite import catalog, config, data, distill, experiments, methods, models, profiles, teachers
+from tas_lite import catalog, config, data, distill, experiments, methods, models, profiles, recipes, results, teachers
 from tas_lite.results import Result
+from tas_lite.util import CorruptFile
 
 
 def synthetic_loaders(n=64, batch=16, seed=0):
@@ -14,6 +17,12 @@ def synthetic_loaders(n=64, batch=16, seed=0):
 def pair(teacher="tiny_resnet", student="tiny_mixer", seed=0):
     config.seed_everything(seed)
     return models.create(teacher, num_classes=10).eval(), models.create(student, num_classes=10)
+
+
+def built(method, teacher, student, seed=0, **kwargs):
+    """The method built as experiments.train builds it: seeded first, so its new modules start alike."""
+    config.seed_everything(seed)
+    return methods.build(method, teacher if method != "baseline" else None, student, **kwargs)
 
 
 @pytest.mark.parametrize("method", list(methods.METHODS))
@@ -37,7 +46,7 @@ def test_each_method_reduces_its_loss_on_a_repeated_batch(method):
 def test_tas_with_a_cnn_student_trains_two_steps_through_fit():
     teacher, student = pair("tiny_swin", "tiny_mobilenetv2")
     train, val, test = synthetic_loaders()
-    result = distill.fit("tas", teacher, student, train, val, test=test, epochs=1, max_steps=2, progress=False)
+    result = distill.fit(built("tas", teacher, student), train, val, test=test, epochs=1, max_steps=2, progress=False)
     row = result.history[0]
     assert {"loss/nce_ts", "loss/ofa_as", "loss/ce_a", "assistant_val_acc"} <= set(row)
     assert "assistant" in result.extra_test_acc
@@ -48,7 +57,7 @@ def test_teacher_stays_frozen_and_unchanged():
     teacher, student = pair("tiny_convnext", "tiny_vit")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     train, val, _ = synthetic_loaders()
-    distill.fit("tas", teacher, student, train, val, epochs=1, max_steps=2, progress=False)
+    distill.fit(built("tas", teacher, student), train, val, epochs=1, max_steps=2, progress=False)
     assert not teacher.training
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
@@ -61,7 +70,7 @@ def _weights(model):
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, method):
     train, val, _ = synthetic_loaders()
     teacher, student = pair("tiny_convnext", "tiny_vit")
-    distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+    distill.fit(built(method, teacher, student), train, val, epochs=2, max_steps=2, progress=False,
                 checkpoint_dir=tmp_path / "full")
     expected = _weights(student)
 
@@ -78,14 +87,15 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, metho
 
     monkeypatch.setattr(distill, "progress_bar", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+        distill.fit(built(method, teacher, student), train, val, epochs=2, max_steps=2, progress=False,
                     checkpoint_dir=tmp_path / "cut")
     monkeypatch.setattr(distill, "progress_bar", real_progress)
 
     train, val, _ = synthetic_loaders()  # a fresh process would rebuild everything
     teacher, _ = pair("tiny_convnext", "tiny_vit")  # the same fixed teacher
     _, student = pair("tiny_convnext", "tiny_vit", seed=123)  # a different student init: resume must overwrite it
-    result = distill.fit(method, teacher, student, train, val, epochs=2, max_steps=2, progress=False,
+    resumed = built(method, teacher, student, seed=123)  # its new modules too: resume must overwrite them
+    result = distill.fit(resumed, train, val, epochs=2, max_steps=2, progress=False,
                          checkpoint_dir=tmp_path / "cut", resume=True)
     assert [r["epoch"] for r in result.history] == [1, 2]
     got = _weights(student)
@@ -105,7 +115,8 @@ def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path, monkeypatch):
 
     monkeypatch.setattr(student, "forward", poisoned)
     with pytest.raises(distill.NonFiniteLoss, match=r"epoch 2, step 1: term 'ce'.*epoch 1\) is intact"):
-        distill.fit("kd", teacher, student, train, val, epochs=2, max_steps=2, progress=False, checkpoint_dir=tmp_path)
+        distill.fit(built("kd", teacher, student), train, val, epochs=2, max_steps=2, progress=False,
+                    checkpoint_dir=tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
 
@@ -113,38 +124,74 @@ def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path, monkeypatch):
 def test_results_json_round_trips(tmp_path):
     teacher, student = pair()
     train, val, test = synthetic_loaders()
-    result = distill.fit("kd", teacher, student, train, val, test=test, epochs=1, max_steps=1, progress=False)
+    result = distill.fit(built("kd", teacher, student), train, val, test=test, epochs=1, max_steps=1, progress=False)
     path = result.save(tmp_path / "r.json")
     assert Result.load(path) == result
-    assert json.loads(path.read_text())["method"] == "kd"
-    path.write_text(json.dumps({"method": "kd", "bogus": 1}))
-    with pytest.raises(ValueError, match="not a tas_lite Result"):
+    saved = json.loads(path.read_text())
+    assert saved["setup"]["method"] == "kd" and saved["setup"]["method_arguments"] == {"temperature": 1.0, "weight": 1.0}
+    assert (saved["setup"]["dataset"], saved["setup"]["train_images"], saved["setup"]["val_images"],
+            saved["setup"]["test_images"]) == ("synthetic", len(train.dataset), len(val.dataset), len(test.dataset))
+    assert saved["selection"] == results.BEST_ON_VALIDATION and saved["selected_epoch"] == 1
+    path.write_text(json.dumps({"setup": saved["setup"], "bogus": 1}))
+    with pytest.raises(CorruptFile, match=rf"{path} is not a complete tas_lite Result \(unknown fields \['bogus'\]"):
         Result.load(path)
 
 
 def test_clear_errors_for_bad_calls(tmp_path):
     teacher, student = pair()
-    train, val, _ = synthetic_loaders()
     with pytest.raises(ValueError, match=r"unknown method 'crd' in 'crd'; allowed: baseline, kd"):
-        distill.fit("crd", teacher, student, train, val, epochs=1)
+        methods.build("crd", teacher, student)
     with pytest.raises(ValueError, match="teacher predicts 5 classes but the student 10"):
-        distill.fit("kd", models.create("tiny_resnet", num_classes=5), student, train, val, epochs=1)
+        methods.build("kd", models.create("tiny_resnet", num_classes=5), student)
     with pytest.raises(ValueError, match="needs a teacher"):
-        distill.fit("ofa", None, student, train, val, epochs=1)
+        methods.build("ofa", None, student)
     with pytest.raises(ValueError, match="does not exist"):
         teachers.prepare("tiny_resnet", checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="bad arguments for method 'kd'"):
-        distill.fit("kd", teacher, student, train, val, epochs=1, method_kwargs={"gamma": 2})
+        methods.build("kd", teacher, student, gamma=2)
+
+
+def test_fit_takes_a_built_method_loaders_and_options_and_nothing_else():
+    """fit trains: at most 8 parameters, a built method (a name is refused, saying how to build one), options
+    by name (an unknown one is refused, listing them), and a recipe that smooths labels as the method does."""
+    assert len(inspect.signature(distill.fit).parameters) <= 8
+    teacher, student = pair("tiny_convnext", "tiny_vit")
+    train, val, test = synthetic_loaders()
+    with pytest.raises(ValueError, match=r"fit trains a built method, got 'kd'; build one with methods.build"):
+        distill.fit("kd", train, val, epochs=1)
+    kd = built("kd", teacher, student)
+    with pytest.raises(ValueError, match=r"unknown fit option\(s\) \['method_kwargs', 'sync_bn'\]; options: epochs, "
+                                         r"recipe, seed, selection"):
+        distill.fit(kd, train, val, epochs=1, method_kwargs={"temperature": 4.0}, sync_bn=True)
+    with pytest.raises(ValueError, match="fit needs epochs="):
+        distill.fit(kd, train, val)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        distill.fit(kd, train, val, options=distill.Options(epochs=0))
+    plain = recipes.Recipe.for_student(student, 1)
+    unsmoothed = dataclasses.replace(plain, label_smoothing=0.0)
+    with pytest.raises(ValueError, match=r"built with label_smoothing=0.1 but the recipe smooths by 0.0; build it "
+                                         r"with methods.build\(..., label_smoothing=0.0\)"):
+        distill.fit(kd, train, val, epochs=1, recipe=unsmoothed, progress=False)
+    with pytest.raises(ValueError, match="unknown selection 'best'"):
+        distill.fit(kd, train, val, epochs=1, selection="best")
+    with pytest.raises(ValueError, match="pass test= and no val="):
+        distill.fit(kd, train, val, test=test, epochs=1, selection=results.BEST_ON_TEST)
+    with pytest.raises(ValueError, match="fit needs a val= loader"):
+        distill.fit(kd, train, epochs=1)
+    options = distill.Options(epochs=1, max_steps=1, progress=False)
+    result = distill.fit(kd, train, val, test=test, options=options, seed=3)  # changes apply over the options
+    assert (result.setup.seed, result.setup.max_steps, result.setup.epochs) == (3, 1, 1)
+    assert options.seed == 0, "options are frozen: a change makes a copy"
 
 
 def test_recipe_warms_up_then_decays_to_min_lr():
-    recipe = distill.Recipe("adamw", 1e-3, 0.05, warmup_epochs=1, min_lr=1e-5)
+    recipe = recipes.Recipe("adamw", 1e-3, 0.05, warmup_epochs=1, min_lr=1e-5)
     lrs = [recipe.lr_at(step, 10, 5) for step in range(50)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and 1e-5 < lrs[-1] < 2e-5
     assert recipe.lr_at(50, 10, 5) == pytest.approx(1e-5)
-    assert distill.Recipe.for_student(models.create("tiny_resnet", num_classes=10), 10).optimizer == "sgd"
-    assert distill.Recipe.for_student(models.create("tiny_vit", num_classes=10), 10).optimizer == "adamw"
+    assert recipes.Recipe.for_student(models.create("tiny_resnet", num_classes=10), 10).optimizer == "sgd"
+    assert recipes.Recipe.for_student(models.create("tiny_vit", num_classes=10), 10).optimizer == "adamw"
 
 
 def test_gpu_profile_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypatch):
@@ -156,8 +203,9 @@ def test_gpu_profile_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeyp
                                 device="cpu", amp=False)
     result = experiments.train("tas", "convnext_tiny", "deit_tiny_patch16_224", settings, out_dir=tmp_path,
                              progress=False)
-    assert result.config["profile"] == "gpu" and result.config["img_size"] == 64
-    assert (tmp_path / experiments.result_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
+    assert result.setup.profile == "gpu" and result.setup.img_size == 64 and result.setup.dataset == "synthetic"
+    assert result.teacher == "convnext_tiny" and result.selection == results.BEST_ON_VALIDATION
+    assert (tmp_path / results.file_name("convnext_tiny", "deit_tiny_patch16_224", "tas", 0)).is_file()
     assert "assistant" in result.extra_test_acc
 
 
@@ -170,11 +218,10 @@ def test_fit_takes_a_prebuilt_method_and_hands_back_the_trained_assistant():
     train, val, test = synthetic_loaders()
     result = distill.fit(tas, train=train, val=val, test=test, epochs=1, max_steps=2, progress=False)
     assert result.method == "tas" and "assistant" in result.extra_test_acc
+    assert result.teacher == "tiny_convnext" and result.student == "tiny_vit"
     changed = [k for k, v in tas.assistant.l2g.state_dict().items() if not torch.equal(v, l2g_before[k])]
     assert changed, "the assistant's L2G trained along with the student"
     assert [p.requires_grad for p in teacher.parameters()] == requires, "fit must not freeze the caller's teacher"
-    with pytest.raises(ValueError, match="trains its own teacher and student"):
-        distill.fit(tas, teacher, models.create("tiny_vit", num_classes=10), train, val, epochs=1)
 
 
 def test_bench_times_the_same_train_step_as_fit(monkeypatch):
@@ -266,7 +313,7 @@ def test_registry_follows_the_catalog_and_refuses_unregistered_methods():
 def test_tas_history_carries_the_bridge_measurements():
     teacher, student = pair("tiny_convnext", "tiny_vit")
     train, val, _ = synthetic_loaders()
-    result = distill.fit("tas", teacher, student, train, val, epochs=1, max_steps=1, progress=False)
+    result = distill.fit(built("tas", teacher, student), train, val, epochs=1, max_steps=1, progress=False)
     row = result.history[0]
     assert {"cka/t~a", "cka/a~s", "cka/t~s", "cka/t~s/stage1", "cka/t~s/stage4"} <= set(row)
     assert all(-1.0 <= row[k] <= 1.0 + 1e-9 for k in row if k.startswith("cka/"))
