@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from . import config, sources
+from . import config, distributed, sources
 from .sources import CIFAR
 
 NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "synthetic", "imagefolder:<path>")
@@ -352,20 +352,31 @@ def load(name: str, split: str = "train", *, root: str | Path | None = None, img
     _check_img_size(img_size)
     train_aug = (split == "train") if augment is None else bool(augment)
     if base == "digits":
-        return _digits(split, img_size, train_aug)
-    if base == "fashion_mnist":
-        return _fashion(split, img_size, train_aug, root, download)
-    if base == "synthetic":
+        dataset = _digits(split, img_size, train_aug)
+    elif base == "fashion_mnist":
+        dataset = _fashion(split, img_size, train_aug, root, download)
+    elif base == "synthetic":
         if synthetic_classes < 2 or num_samples < 1:
             raise ValueError(f"synthetic needs synthetic_classes >= 2 and num_samples >= 1, got "
                              f"{synthetic_classes} and {num_samples}")
-        return _synthetic(split, img_size, num_samples, synthetic_classes, seed)
-    if base == "imagefolder":
-        return _imagefolder(name.split(":", 1)[1], split, img_size, train_aug, policy)
-    root = Path(root) if root is not None else config.datasets_dir()
-    transform = policy.transform(train_aug, img_size, CIFAR_STATS[base]) if policy else \
-        image_transform(train_aug, img_size, CIFAR_STATS[base], 32)
-    return CIFAR(base, root, split == "train", transform, download)
+        dataset = _synthetic(split, img_size, num_samples, synthetic_classes, seed)
+    elif base == "imagefolder":
+        dataset = _imagefolder(name.split(":", 1)[1], split, img_size, train_aug, policy)
+    else:
+        folder = Path(root) if root is not None else config.datasets_dir()
+        transform = policy.transform(train_aug, img_size, CIFAR_STATS[base]) if policy else \
+            image_transform(train_aug, img_size, CIFAR_STATS[base], 32)
+        dataset = CIFAR(base, folder, split == "train", transform, download)
+    dataset.name = name  # what a run's record names its data by (`dataset_name`)
+    return dataset
+
+
+def dataset_name(loader) -> str | None:
+    """The name `load` gave the data behind a loader (through any Subset), None for data from elsewhere."""
+    dataset = getattr(loader, "dataset", None)
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "name", None)
 
 
 def describe_augmentation(name: str, img_size: int, policy: TimmAugment | None = None) -> str:
@@ -484,7 +495,7 @@ def _sharded(train_set: Dataset, batch_size: int, seed: int, shard: tuple[int, i
         raise ValueError(f"shard (rank, world) must have 0 <= rank < world, got {shard}")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed * 100_003 + rank), **common)
+                      generator=torch.Generator().manual_seed(distributed.rank_seed(seed, rank)), **common)
 
 
 def sample_images(name: str, n: int, *, img_size: int = 32, split: str = "train", seed: int = 0,

@@ -1,9 +1,10 @@
-"""The training loop shared by every method: `fit(method, teacher, student, train, val, epochs=...)`.
+"""The training loop shared by every method: `fit(method, train, val, epochs=...)` trains a built method.
 
-One loop trains a student with any registered method (see `tas_lite.methods`): per-family optimiser
-recipes, AMP and channels_last on CUDA, per-epoch history of every loss term, checkpoints at each
-epoch end with exact resume (refused under another set-up), and a clear stop on a non-finite loss or
-non-finite weights; models that do not fit the data are refused before any work. It reads in four parts:
+One loop trains a student with any method `methods.build` made (names and profiles are resolved above
+it): the optimiser recipe (`tas_lite.recipes`), AMP and channels_last on CUDA, per-epoch history of every
+loss term, checkpoints at each epoch end with exact resume (refused under another set-up), and a clear
+stop on a non-finite loss or non-finite weights; models that do not fit the data are refused before any
+work. It returns the typed record of the run (`results.Result`). It reads in four parts:
 `start` (set-up), `train_step` (one optimiser step, also what `bench` times), `train_epoch` and
 `finish` (final evaluation); `save_checkpoint` and `load_checkpoint` (resume) sit between epochs.
 The same loop runs as one process of a DDP run (`dist=`, see `tas_lite.distributed`): the method's
@@ -12,126 +13,29 @@ trainable parts in one DDP module, the sampler told each epoch, rank 0 alone val
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models.convnext import ConvNeXt
 from torch import nn
 from torch.utils.data import Subset
 
 from . import checkpoints, config, data, distributed, methods
 from .models import input_size, model_name
-from .results import Result
-from .stages import family
+from .recipes import Recipe
+from .results import BEST_ON_TEST, BEST_ON_VALIDATION, LAST, SELECTIONS, Result, Setup
 from .util import progress_bar
 
-PROBE_IMAGES = 128  # the fixed validation batch a method measures itself on after each epoch
-PAPER_BATCH = 128  # the global batch the OFA authors' CIFAR learning rates are set for
+PROBE_IMAGES = 128  # the fixed batch of scored images a method measures itself on after each epoch
 
 
 class NonFiniteLoss(RuntimeError):
     """Raised when a loss term turns NaN/inf; the message names epoch, step and term."""
-
-
-@dataclass
-class Recipe:
-    """Optimiser, schedule and (paper track) augmentation. `for_student` is the course's recipe, tuned on
-    digits; `paper` is the OFA authors' CIFAR-100 recipe. Both pick by student family."""
-
-    optimizer: str
-    lr: float
-    weight_decay: float
-    warmup_epochs: float
-    min_lr: float
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
-    clip_grad: float | None = None
-    warmup_lr: float | None = None  # None: warm up from lr / warm-up steps; else linearly from this value
-    augment: data.TimmAugment | None = None  # timm's transforms and mixup (paper track); None: the dataset's own
-
-    @classmethod
-    def for_student(cls, student: nn.Module, epochs: int) -> Recipe:
-        """OFA's CIFAR recipe (authors' configs/cifar/*.yaml) by student kind, schedules scaled to `epochs`.
-
-        BatchNorm CNNs (ResNet, MobileNetV2): SGD 0.05, cosine to 1e-3. ConvNeXt and token models
-        (ViT, Swin, Mixer): AdamW, weight decay 0.05, clip 5; ConvNeXt is not an OFA student and
-        diverged under SGD 0.05 in our runs. Warm-up scales the paper's 3 and 20 of 300 epochs,
-        at least one step. AdamW uses 1e-3 (paper: 5e-4 at batch 128 for 300 epochs), picked on the
-        validation accuracy of tiny_vit on digits after 10 epochs, seeds 0/1: batch 32 and 1e-3 gave
-        73/79%, batch 32 and 2e-3 68/69%, batch 64 and 2e-3 43/44%, batch 32 and 5e-4 49%.
-        """
-        if family(student) == "cnn" and not isinstance(student, ConvNeXt):
-            return cls("sgd", 0.05, 5e-4, warmup_epochs=epochs * 3 / 300, min_lr=1e-3)
-        return cls("adamw", 1e-3, 0.05, warmup_epochs=epochs * 20 / 300, min_lr=1e-5, clip_grad=5.0)
-
-    @classmethod
-    def paper(cls, student: nn.Module, epochs: int, batch_size: int = PAPER_BATCH) -> Recipe:
-        """The OFA authors' CIFAR-100 recipe (Hao840/OFAKD configs/cifar/cnn.yaml and vit_mlp.yaml over their
-        train.py defaults), which the TAS paper trains with, schedules scaled to `epochs` (theirs: 300).
-
-        BatchNorm CNNs: SGD (Nesterov) 0.05, momentum 0.9, weight decay 2e-3, 3 warm-up epochs from 1e-4,
-        cosine to 1e-3, label smoothing 0.1, crop + flip (`data.PAPER_CNN`). ViT/Swin/MLP students (and
-        ConvNeXt, not an OFA student, which diverged under SGD 0.05 in our runs): AdamW 5e-4, weight decay
-        0.05, 20 warm-up epochs from 5e-7, cosine to 1e-5, clipping 5, RandAugment, colour jitter 0.4,
-        erasing 0.25, mixup 0.8 / cutmix 1.0 with smoothing 0.1 in the soft targets (`data.PAPER_TOKEN`).
-        Scaling rule: the learning rates (peak, warm-up start, floor) are theirs at a global batch of 128
-        and scale linearly with the global batch, lr x batch_size / 128; the number of processes sharing
-        that batch changes nothing.
-        """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        k = batch_size / PAPER_BATCH
-        if family(student) == "cnn" and not isinstance(student, ConvNeXt):
-            return cls("sgd", 0.05 * k, 2e-3, warmup_epochs=epochs * 3 / 300, min_lr=1e-3 * k, warmup_lr=1e-4 * k,
-                       augment=data.PAPER_CNN)
-        return cls("adamw", 5e-4 * k, 0.05, warmup_epochs=epochs * 20 / 300, min_lr=1e-5 * k, clip_grad=5.0,
-                   warmup_lr=5e-7 * k, augment=data.PAPER_TOKEN)
-
-    @classmethod
-    def choose(cls, kind: str, student: nn.Module, epochs: int, batch_size: int) -> Recipe:
-        """A profile's recipe by name: "course" (`for_student`) or "paper" (`paper`)."""
-        if kind == "paper":
-            return cls.paper(student, epochs, batch_size)
-        if kind == "course":
-            return cls.for_student(student, epochs)
-        raise ValueError(f"unknown recipe {kind!r}; allowed: course, paper")
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every field, except the paper-track ones a course recipe leaves unset (so fingerprints of course
-        runs read as they did before those fields existed)."""
-        return {k: v for k, v in asdict(self).items() if not (k in ("warmup_lr", "augment") and v is None)}
-
-    @classmethod
-    def fine_tune(cls, epochs: int) -> Recipe:
-        """Fine-tuning an ImageNet-pretrained teacher: AdamW 1e-4, one warm-up epoch, cosine."""
-        return cls("adamw", 1e-4, 0.05, warmup_epochs=min(1.0, epochs / 10), min_lr=1e-6, clip_grad=5.0)
-
-    def build(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]  # biases and norms: no weight decay
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=True)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=self.lr)
-        raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: sgd, adamw")
-
-    def lr_at(self, step: int, steps_per_epoch: int, epochs: int) -> float:
-        """Linear warm-up, then cosine decay to `min_lr`, evaluated per step."""
-        total = max(1, steps_per_epoch * epochs)
-        warm = max(1, int(self.warmup_epochs * steps_per_epoch))
-        if step < warm and self.warmup_lr is not None:
-            return self.warmup_lr + (self.lr - self.warmup_lr) * step / warm
-        if step < warm:
-            return self.lr * (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -185,9 +89,12 @@ class Run:
     steps_per_epoch: int
     epochs: int
     step_fn: Any
-    probe: torch.Tensor | None = None  # a fixed batch of validation images for `Method.epoch_metrics`
+    probe: torch.Tensor | None = None  # a fixed batch of scored images for `Method.epoch_metrics`
     last_good: str = "no checkpoint was written"
+    scored: str = "val"  # the split each epoch is scored on: "val", or "test" when the test set picks the epoch
     best_state: dict[str, torch.Tensor] | None = None
+    best_score: float = float("nan")
+    best_epoch: int = -1  # 1-based
     elapsed: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     dist: distributed.Context = distributed.SINGLE  # several processes: step_fn is the method in DDP
@@ -282,16 +189,16 @@ def _evaluate_on(run: Run, loader) -> dict[str, float]:
     return acc
 
 
-def _validate(run: Run, result: Result, row: dict[str, float], val, epoch: int) -> None:
-    """Validation accuracies (and the method's own measurements) into the epoch's row; remember the best
-    epoch's student weights."""
-    acc = _evaluate_on(run, val)
-    row["val_acc"] = acc.pop("student")
-    row.update({f"{name}_val_acc": value for name, value in acc.items()})
+def _score(run: Run, row: dict[str, float], loader, epoch: int) -> None:
+    """Accuracies on the scored split (named by it: `val_acc`, or `test_acc`) and the method's own
+    measurements into the epoch's row; remember the best epoch's student weights."""
+    acc = _evaluate_on(run, loader)
+    score = row[f"{run.scored}_acc"] = acc.pop("student")
+    row.update({f"{name}_{run.scored}_acc": value for name, value in acc.items()})
     if run.probe is not None:
         row.update(run.impl.epoch_metrics(run.probe))
-    if not row["val_acc"] <= result.best_val_acc:  # also true for the first epoch (nan)
-        result.best_val_acc, result.best_epoch = row["val_acc"], epoch + 1
+    if not score <= run.best_score:  # also true for the first epoch (nan)
+        run.best_score, run.best_epoch = score, epoch + 1
         run.best_state = {k: v.detach().clone() for k, v in run.impl.student.state_dict().items()}
 
 
@@ -328,8 +235,8 @@ def save_checkpoint(run: Run, result: Result, train, path: Path, epoch: int) -> 
         "setup": run.meta["setup"], "setup_hash": checkpoints.config_hash(run.meta["setup"]), "epoch": epoch,
         "student": run.impl.student.state_dict(),
         "extra": run.impl.extra_state(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        **rng, "history": result.history, "best_student": run.best_state, "best_val_acc": result.best_val_acc,
-        "best_epoch": result.best_epoch, "elapsed": run.elapsed,
+        **rng, "history": result.history, "best_student": run.best_state, "best_score": run.best_score,
+        "best_epoch": run.best_epoch, "elapsed": run.elapsed,
         **({"world_size": run.dist.world_size, "ranks": ranks} if run.dist.active else {})}, path)
     run.last_good = f"the last good checkpoint (epoch {epoch + 1}) is intact at {path}, its weights finite"
 
@@ -367,150 +274,202 @@ def load_checkpoint(run: Run, result: Result, train, path: Path) -> int:
     if rng.get("loader_rng") is not None and getattr(train, "generator", None) is not None:
         train.generator.set_state(rng["loader_rng"])
     result.history, run.best_state = state["history"], state["best_student"]
-    result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+    run.best_score, run.best_epoch = state["best_score"], state["best_epoch"]
     run.elapsed = state["elapsed"]
     run.last_good = f"the last good checkpoint (epoch {state['epoch'] + 1}) is intact at {path}, its weights finite"
     return state["epoch"] + 1
 
 
 def finish(run: Run, result: Result, test=None) -> Result:
-    """Final numbers: last-epoch validation, test accuracy of the final and of the best-validation
-    student, and of every extra predictor. Leaves no stale gradients behind."""
+    """Final numbers: the last epoch's accuracies, the test accuracy of the epoch `result.selection` picks,
+    and of every extra predictor. Leaves no stale gradients behind."""
     run.impl.eval()
     run.optimizer.zero_grad(set_to_none=True)  # a trained model hands over no stale gradients
     result.wall_s = run.elapsed
-    result.final_val_acc = result.history[-1]["val_acc"]
     result.images_per_s = sum(r["images_per_s"] for r in result.history) / len(result.history)
+    last = result.history[-1]
+    result.final_val_acc = last.get("val_acc")
+    if result.selection == BEST_ON_TEST:
+        result.selected_epoch, result.selected_test_acc = run.best_epoch, run.best_score
     if test is None:
         return result
     acc = _evaluate_on(run, test)
-    result.config["test_images"] = len(test.dataset) if hasattr(test, "dataset") else None
     result.final_test_acc = acc.pop("student")
     result.extra_test_acc.update(acc)
-    if run.best_state is not None:
+    if result.selection == LAST:
+        result.selected_epoch, result.selected_test_acc = len(result.history), result.final_test_acc
+    elif result.selection == BEST_ON_VALIDATION and run.best_state is not None:
         student = run.impl.student
         final_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         student.load_state_dict(run.best_state)
-        result.best_val_test_acc = evaluate(student, test, run.device, run.amp_dtype, run.channels_last)
+        result.selected_epoch = run.best_epoch
+        result.selected_test_acc = evaluate(student, test, run.device, run.amp_dtype, run.channels_last)
         student.load_state_dict(final_state)
     return result
 
 
-def _method(method: str | methods.Method, teacher: nn.Module | None, student: nn.Module | None,
-            img_size: int, kwargs: dict[str, Any]) -> methods.Method:
-    """The Method to train: `method` itself when it is one, else built by name for teacher and student."""
-    if isinstance(method, methods.Method):
-        if (teacher is not None and teacher is not method.teacher) or (student is not None and student is not method.student):
-            raise ValueError("a prebuilt method trains its own teacher and student; pass them to methods.build, "
-                             "not again to fit (or pass the very same objects)")
-        return method
-    teacher_classes, student_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
-    if teacher is not None and teacher_classes != student_classes:
-        raise ValueError(f"teacher predicts {teacher_classes} classes but the student {student_classes}; "
-                         f"both must be built with the dataset's num_classes")
-    return methods.build(method, teacher, student, img_size=img_size, **kwargs)
+@dataclass(frozen=True)
+class Options:
+    """How `fit` trains, besides the method and the data. `selection` is the epoch a run reports (one of
+    `results.SELECTIONS`: the last, the best on validation, or the best on test as the paper reports);
+    `max_steps` caps the steps per epoch (smoke runs); `dist` is this process's place in a DDP run."""
+
+    epochs: int
+    recipe: Recipe | None = None  # None: `Recipe.for_student(student, epochs)`, the course's recipe
+    seed: int = 0
+    selection: str = BEST_ON_VALIDATION
+    max_steps: int | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    progress: bool = True
+    checkpoint_dir: str | Path | None = None
+    resume: bool = False
+    dist: distributed.Context = distributed.SINGLE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None (whole epochs), got {self.max_steps!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; allowed: {', '.join(map(repr, SELECTIONS))}")
+
+    @classmethod
+    def of(cls, options: Options | None, changes: dict[str, Any]) -> Options:
+        """`options` (or the defaults) with `changes` applied; an unknown name is an error listing the fields."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise ValueError(f"unknown fit option(s) {unknown}; options: {', '.join(names)}")
+        if options is None:
+            if "epochs" not in changes:
+                raise ValueError("fit needs epochs= (or options=distill.Options(epochs=...))")
+            return cls(**changes)
+        return dataclasses.replace(options, **changes)
 
 
-def _first_batch(val) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation loader's first batch (its image size is the run's); an empty loader is a clear error."""
-    for batch in val:
+def _scored(val, test, selection: str) -> tuple[Any, str]:
+    """(the loader every epoch is scored on, its split's name): validation, or the test set when the test
+    set picks the epoch (the paper's way); a missing loader is a clear error."""
+    if selection == BEST_ON_TEST:
+        if test is None or val is not None:
+            raise ValueError("selection 'best on test' scores every epoch on the test set: pass test= and no val=")
+        return test, "test"
+    if val is None:
+        raise ValueError("fit needs a val= loader to follow progress and pick the best epoch (data.loaders gives "
+                         "one); without a validation split, choose selection 'best on test (the paper's way)'")
+    return val, "val"
+
+
+def _first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scored loader's first batch (its image size is the run's); an empty loader is a clear error."""
+    for batch in loader:
         return batch
     raise ValueError("the validation loader is empty (val_fraction=0?); fit needs validation data to follow "
                      "progress and pick the best epoch: use data.loaders(..., val_fraction=0.1)")
 
 
-def _check_fits_data(method, teacher: nn.Module | None, student: nn.Module | None, batch, train) -> None:
+def _check_fits_data(method: methods.Method, batch, train) -> None:
     """Before any work: each model takes the data's image size, and the student has an output for every
-    class the data hold (more are allowed; `_method` holds the teacher to the student's count); else a
-    ValueError saying what to build instead."""
-    if isinstance(method, methods.Method):
-        teacher, student = method.teacher, method.student
+    class the data hold (more are allowed); else a ValueError saying what to build instead."""
     x, y = batch
     dataset = getattr(train, "dataset", None)
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     size, classes = int(x.shape[-1]), max(int(y.max()) + 1, len(getattr(dataset, "classes", None) or ()))
-    for role, model in (("teacher", teacher), ("student", student)):
+    for role, model in (("teacher", method.teacher), ("student", method.student)):
         embed = getattr(model, "patch_embed", None) or getattr(model, "stem", None)
         if getattr(embed, "strict_img_size", False) and input_size(model) != size:
             raise ValueError(f"the {role} {model_name(model)} was built for {input_size(model)} px images but the "
                              f"data are {size} px; build it with img_size={size} (models.create(..., img_size="
                              f"{size})) or load the data at {input_size(model)} px")
-    outputs = getattr(student, "num_classes", None)
+    outputs = getattr(method.student, "num_classes", None)
     if outputs is not None and outputs < classes:
-        raise ValueError(f"the student {model_name(student)} predicts {outputs} classes but the data hold "
+        raise ValueError(f"the student {model_name(method.student)} predicts {outputs} classes but the data hold "
                          f"{classes}; build it with num_classes={classes} (data.num_classes(dataset) gives it)")
 
 
-def _setup(impl: methods.Method, result: Result, train, val, batch) -> dict[str, Any]:
-    """What defines a run's numbers, as plain values (a checkpoint keeps it; resume compares it): method,
-    models, seed, epochs, step cap, recipe, batch size, the data (sizes and a hash of the first validation
-    images) and, for a cached teacher, its weights' sha256. Not the device: a run may move."""
+def _images(loader) -> int | None:
+    """How many images a loader holds (its dataset's length), None without a loader."""
+    return len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None
+
+
+def _setup(method: methods.Method, train, val, test, recipe: Recipe, opts: Options, batch) -> Setup:
+    """What this run trains, from the objects it was given (the profile is for the caller to add)."""
+    per_process = getattr(train, "batch_size", None)
+    return Setup(method=method.spec, method_arguments=method.arguments, teacher=model_name(method.teacher),
+                 student=model_name(method.student), dataset=data.dataset_name(train),
+                 img_size=int(batch[0].shape[-1]), num_classes=method.student.num_classes,
+                 train_images=_images(train), val_images=_images(val), test_images=_images(test),
+                 batch_size=per_process * opts.dist.world_size if per_process else None, epochs=opts.epochs,
+                 max_steps=opts.max_steps, recipe=recipe.as_dict(), seed=opts.seed)
+
+
+def _resume_key(setup: Setup, method: methods.Method, train, batch) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (as plain values): the set-up, the number of training
+    batches, a hash of the first scored images and, for a cached teacher, its weights' sha256. Not the
+    device: a run may move."""
     x, y = batch
     seen = hashlib.sha256(x[:8].detach().cpu().contiguous().numpy().tobytes() + y[:8].cpu().numpy().tobytes())
-    setup = {"method": result.method, "teacher": result.teacher, "student": result.student, "seed": result.seed,
-             "epochs": result.epochs, **{k: result.config[k] for k in ("max_steps", "recipe", "method_kwargs",
-                                                                        "img_size", "num_classes")},
-             "batch_size": getattr(train, "batch_size", None), "train_batches": len(train),
-             "val_examples": len(getattr(val, "dataset", val)), "val_images": seen.hexdigest()[:16],
-             "teacher_weights": getattr(impl.teacher, "tas_lite_info", {}).get("sha256")}
-    return json.loads(json.dumps(setup, sort_keys=True, default=str))
+    key = {**dataclasses.asdict(setup), "train_batches": len(train), "scored_images": seen.hexdigest()[:16],
+           "teacher_weights": getattr(method.teacher, "tas_lite_info", {}).get("sha256")}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
-def fit(method: str | methods.Method, teacher: nn.Module | None = None, student: nn.Module | None = None,
-        train=None, val=None, *, epochs: int, test=None, recipe: Recipe | None = None, seed: int = 0,
-        device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, compile: bool = False,
-        progress: bool = True, checkpoint_dir: str | Path | None = None, resume: bool = False,
-        max_steps: int | None = None, method_kwargs: dict[str, Any] | None = None,
-        dist: distributed.Context = distributed.SINGLE, sync_bn: bool = False) -> Result:
-    """Train a student with `method` (a name in `tas_lite.methods.METHODS`, or a Method you built with
-    `methods.build(name, teacher, student)`: after `fit` it holds the trained extras, e.g. TAS's assistant).
+def fit(method: methods.Method, train, val=None, *, test=None, options: Options | None = None,
+        **changes: Any) -> Result:
+    """Train `method` (built by `methods.build(name, teacher, student)`; afterwards it holds its trained
+    extras, e.g. TAS's assistant) on `train`, scoring every epoch on `val`; return the run's `Result`.
 
-    The teacher is put in eval mode and only ever runs without gradients. `max_steps` caps the steps per
-    epoch (smoke runs). With `checkpoint_dir`, the full training state is saved at every epoch end;
-    `resume=True` picks up after the last complete epoch and ends with the same weights as an
-    uninterrupted run (CPU, same thread count). `dist` (from `distributed.init`): this process's place in
-    a DDP run, `train` its shard (`data.loaders(shard=...)`); rank 0 alone validates, logs and writes, and
-    returns the full Result. `sync_bn` turns the student's BatchNorm into SyncBatchNorm under DDP (CUDA).
+    How it trains is `options` (an `Options`), or keyword changes to it (`fit(m, train, val, epochs=3)`).
+    The teacher is put in eval mode and only ever runs without gradients. `test` is scored once at the
+    end (and every epoch, instead of `val`, when the test set picks the epoch). With `checkpoint_dir`, the
+    full training state is saved at every epoch end; `resume=True` picks up after the last complete epoch
+    and ends with the same weights as an uninterrupted run (CPU, same thread count). Training's randomness
+    (augmentation, dropout) starts from `seed` here; each process of a DDP run (`dist`) then draws its own.
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int or None (whole epochs), got {max_steps!r}")
-    if train is None or val is None:
-        raise ValueError("fit needs train= and val= loaders (tas_lite.data.loaders gives both)")
-    if not isinstance(method, methods.Method) and student is None:
-        raise ValueError(f"fit({method!r}, ...) needs a student model (and a teacher, except for 'baseline')")
-    if sync_bn and isinstance(method, methods.Method):
-        raise ValueError("sync_bn converts the student before the method is built: pass the method by name")
-    config.seed_everything(seed)
-    batch = _first_batch(val)
-    img_size = int(batch[0].shape[-1])
-    _check_fits_data(method, teacher, student, batch, train)
-    recipe = recipe or Recipe.for_student(student if student is not None else method.student, epochs)
-    if sync_bn:
-        distributed.convert_sync_batchnorm(student, config.device(device), dist)
-    impl = _method(method, teacher, student, img_size, {"label_smoothing": recipe.label_smoothing,
-                                                         **(method_kwargs or {})})
-    steps = min(len(train), max_steps) if max_steps else len(train)
+    if not isinstance(method, methods.Method):
+        raise ValueError(f"fit trains a built method, got {method!r}; build one with methods.build(name, teacher, "
+                         f"student)")
+    opts = Options.of(options, changes)
+    if train is None:
+        raise ValueError("fit needs a train= loader (tas_lite.data.loaders gives one)")
+    scored, split = _scored(val, test, opts.selection)
+    config.seed_everything(opts.seed)
+    batch = _first_batch(scored)
+    _check_fits_data(method, batch, train)
+    recipe = opts.recipe or Recipe.for_student(method.student, opts.epochs)
+    if method.label_smoothing != recipe.label_smoothing:
+        raise ValueError(f"the method was built with label_smoothing={method.label_smoothing} but the recipe "
+                         f"smooths by {recipe.label_smoothing}; build it with methods.build(..., label_smoothing="
+                         f"{recipe.label_smoothing})")
+    steps = min(len(train), opts.max_steps) if opts.max_steps else len(train)
     if steps == 0:
         raise ValueError("the training loader yields no batches (dataset smaller than the batch size?)")
-    run = start(impl, recipe, steps_per_epoch=steps, epochs=epochs, device=device, amp=amp,
-                channels_last=channels_last, compile=compile, dist=dist)
-    if dist.active:  # weights are rank 0's now (DDP broadcast them); randomness differs per process
-        config.seed_everything(seed + 100_003 * dist.rank)
-    name = impl.spec
-    result = Result(name, model_name(impl.teacher), model_name(impl.student), seed, epochs, config={
-        "recipe": asdict(recipe), "device": str(run.device), "amp": str(run.amp_dtype), "img_size": img_size,
-        "channels_last": run.channels_last, "max_steps": max_steps, "num_classes": impl.student.num_classes,
-        "val_images": len(val.dataset) if hasattr(val, "dataset") else None,
-        "method_kwargs": method_kwargs or {}, **({"processes": dist.world_size} if dist.active else {})})
-    run.meta = {"method": name, "setup": _setup(impl, result, train, val, batch)}
-    run.probe = next(iter(val))[0][:PROBE_IMAGES].to(run.device) if dist.is_main else None
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    first = _resume_point(run, result, train, ckpt) if resume and ckpt is not None else 0
-    _train_epochs(run, result, train, val, range(first, epochs), ckpt, progress=progress and dist.is_main)
-    return finish(run, result, test) if dist.is_main else result
+    run = start(method, recipe, steps_per_epoch=steps, epochs=opts.epochs, device=opts.device, amp=opts.amp,
+                channels_last=opts.channels_last, compile=opts.compile, dist=opts.dist)
+    if opts.dist.active:  # weights are rank 0's now (DDP broadcast them); randomness differs per process
+        config.seed_everything(distributed.rank_seed(opts.seed, opts.dist.rank))
+    result = Result(_setup(method, train, val, test, recipe, opts, batch), selection=opts.selection,
+                    teacher_info=_teacher_info(method.teacher), environment={
+                        "device": str(run.device), "amp": str(run.amp_dtype), "channels_last": run.channels_last,
+                        **({"processes": opts.dist.world_size} if opts.dist.active else {})})
+    run.scored, run.meta = split, {"method": method.spec, "setup": _resume_key(result.setup, method, train, batch)}
+    run.probe = next(iter(scored))[0][:PROBE_IMAGES].to(run.device) if opts.dist.is_main else None
+    ckpt = Path(opts.checkpoint_dir) / "last.pt" if opts.checkpoint_dir else None
+    first = _resume_point(run, result, train, ckpt) if opts.resume and ckpt is not None else 0
+    _train_epochs(run, result, train, scored, range(first, opts.epochs), ckpt,
+                  progress=opts.progress and opts.dist.is_main)
+    return finish(run, result, test) if opts.dist.is_main else result
+
+
+def _teacher_info(teacher: nn.Module | None) -> dict[str, Any]:
+    """A cached teacher's test accuracy, training time and weights' sha256 (from its sidecar); {} otherwise."""
+    info = getattr(teacher, "tas_lite_info", None) or {}
+    return {k: info.get(k) for k in ("test_acc", "train_seconds", "sha256")} if teacher is not None else {}
 
 
 def _resume_point(run: Run, result: Result, train, ckpt: Path) -> int:
@@ -523,14 +482,15 @@ def _resume_point(run: Run, result: Result, train, ckpt: Path) -> int:
     return load_checkpoint(run, result, train, ckpt) if found[0] else 0
 
 
-def _train_epochs(run: Run, result: Result, train, val, epochs: range, ckpt: Path | None, *, progress: bool) -> None:
-    """Train, validate (rank 0), record and checkpoint each epoch in turn."""
+def _train_epochs(run: Run, result: Result, train, scored, epochs: range, ckpt: Path | None, *,
+                  progress: bool) -> None:
+    """Train, score (rank 0), record and checkpoint each epoch in turn."""
     for epoch in epochs:
         started = time.perf_counter()
         row = train_epoch(run, train, epoch, progress=progress)
         check_finite_weights(run, epoch)
         if run.dist.is_main:
-            _validate(run, result, row, val, epoch)
+            _score(run, row, scored, epoch)
         distributed.barrier(run.dist)
         run.elapsed += time.perf_counter() - started
         row["wall_s"] = run.elapsed

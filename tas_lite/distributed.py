@@ -55,6 +55,12 @@ class Context:
 SINGLE = Context()
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed process `rank` of a DDP run draws its own randomness from (augmentation, dropout, loader
+    workers): the run's seed for rank 0, distinct for every other rank."""
+    return seed + 100_003 * rank
+
+
 def _int_variable(environ: Mapping[str, str], name: str) -> int:
     value = environ.get(name, "")
     try:

@@ -1,4 +1,4 @@
-"""Experiments: one configuration end to end (`run`), and resumable sweeps over many (`sweep`).
+"""Experiments: one configuration end to end (`train`), and resumable sweeps over many (`sweep`).
 
 Both take a resolved `profiles.Settings`; nothing here reads a profile by name. A sweep runs every
 configuration whose results JSON is missing in its folder (so an interrupted sweep resumes where it
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -23,10 +24,12 @@ from typing import Any
 
 import timm
 import torch
+from torch import nn
 
-from . import catalog, config, data, distill, distributed, methods, models, profiles, tables, teachers
+from . import catalog, config, data, distill, distributed, methods, models, profiles, results, tables, teachers
 from .profiles import Settings
-from .results import Result, machine
+from .recipes import Recipe
+from .results import BEST_ON_TEST, BEST_ON_VALIDATION, Result, machine
 from .util import check_writable, progress_bar, say
 
 # Bump when training changes in a way the fingerprint below cannot see (a loss formula, the loop itself):
@@ -34,26 +37,19 @@ from .util import check_writable, progress_bar, say
 TRAINING_VERSION = 1
 
 
-def result_name(teacher: str | None, student: str, method: str, seed: int) -> str:
-    """File name of one run's results JSON: what sweeps look for to skip finished configurations.
-    A variant's colon becomes "-" ("tas:no_nce" -> "tas-no_nce"), which every file system accepts."""
-    return f"{teacher or 'none'}__{student}__{method.replace(':', '-')}__seed{seed}.json"
-
-
-def fingerprint(method: str, teacher: str | None, student: str, settings: Settings) -> dict[str, Any]:
-    """Everything a run's numbers depend on besides its seed, as plain values: data, augmentation,
-    schedule, the student's size and optimiser recipe, every method argument (defaults included), the
-    teacher's cache recipe. Two runs with equal fingerprints ran the same recipe; a shipped result whose
-    fingerprint differs from the current code's is stale. The number of processes is not in it: N
-    processes train as one does on the same global batch."""
+def fingerprint(method: str, teacher: str | None, settings: Settings, student: nn.Module, recipe: Recipe,
+                method_arguments: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run's numbers depend on besides its seed, as plain values, from the objects the run
+    built: data, augmentation, schedule, the student's size and optimiser recipe, every method argument
+    (defaults included), the teacher's cache recipe. Two runs with equal fingerprints ran the same recipe;
+    a shipped result whose fingerprint differs from the current code's is stale. The number of processes
+    is not in it: N processes train as one does on the same global batch."""
     name, _ = catalog.parse(method)
-    model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
-    recipe = distill.Recipe.choose(settings.recipe, model, settings.epochs, settings.batch_size)
     spec = {"training_version": TRAINING_VERSION, "dataset": settings.dataset, "img_size": settings.img_size,
             "augmentation": data.describe_augmentation(settings.dataset, settings.img_size, recipe.augment),
             "batch_size": settings.batch_size, "epochs": settings.epochs, "max_steps": settings.max_steps,
-            "student": student, "student_parameters": models.count_parameters(model),
-            "recipe": recipe.as_dict(), "method": method, "method_arguments": methods.arguments(method),
+            "student": models.model_name(student), "student_parameters": models.count_parameters(student),
+            "recipe": recipe.as_dict(), "method": method, "method_arguments": method_arguments,
             **({"paper": True} if settings.paper else {}),
             **({"train_images": settings.train_images} if settings.train_images is not None else {})}
     if name != "baseline":
@@ -63,73 +59,82 @@ def fingerprint(method: str, teacher: str | None, student: str, settings: Settin
     return json.loads(json.dumps(spec))  # tuples as lists, exactly as a results JSON stores them
 
 
-PAPER_SELECTION = ("paper protocol: all training images train, no validation split; the test set is evaluated "
-                   "after every epoch and best_test_acc is the best epoch's, which is how the paper reports")
+def expected_fingerprint(method: str, teacher: str | None, student: str, settings: Settings) -> dict[str, Any]:
+    """The fingerprint today's code would give `train(method, teacher, student, settings)` (the student and
+    its recipe built as `train` builds them, untrained)."""
+    model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
+    recipe = Recipe.choose(settings.recipe, model, settings.epochs, settings.batch_size)
+    return fingerprint(method, teacher, settings, model, recipe, methods.arguments(method))
 
 
 def train(method: str, teacher: str | None, student: str, settings: Settings, *, seed: int = 0,
-        out_dir: str | Path | None = None, progress: bool = True, method_kwargs: dict[str, Any] | None = None,
-        command: str | None = None, dist: distributed.Context = distributed.SINGLE,
-        checkpoint_dir: str | Path | None = None, resume: bool = False, sync_bn: bool = False) -> Result:
+          out_dir: str | Path | None = None, progress: bool = True, method_kwargs: dict[str, Any] | None = None,
+          command: str | None = None, dist: distributed.Context = distributed.SINGLE,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, sync_bn: bool = False) -> Result:
     """One configuration: seeded loaders, the cached teacher, a fresh student, `distill.fit`, results JSON.
 
     The teacher is always trained with seed 0 (one fixed teacher per pair); `seed` varies the student,
     the data order and the validation split (and, with `settings.train_images`, which labelled images the
-    student gets; the teacher always trains on the whole split). The result carries its fingerprint (`fingerprint`) and
-    provenance: `command` (what to type to make it again), commit, date, torch, threads, CPU. With
-    `settings.paper`, there is no validation split and the best test epoch is reported as the paper does
-    (`best_test_acc`). `dist`: this process's place in a DDP run (`distributed.init`); `settings.batch_size`
-    is the global batch, rank 0 prepares the teacher first and alone writes the results JSON.
-    Names, seed and `out_dir`'s writability are checked before anything trains.
+    student gets; the teacher always trains on the whole split). A baseline loads no teacher and records
+    none. The student and the method's new modules are each initialised from `seed` itself, so nothing
+    loaded in between moves them. The result carries its fingerprint and provenance: `command` (what to
+    type to make it again), commit, date, torch, threads, CPU. With `settings.paper`, there is no
+    validation split and the test set picks the reported epoch, as the paper does. `dist`: this process's
+    place in a DDP run (`distributed.init`); `settings.batch_size` is the global batch, rank 0 prepares the
+    teacher first and alone writes the results JSON. Names, seed and `out_dir` are checked before anything
+    trains.
     """
     configurations([teacher] if teacher else [], [student], [method], [seed])
     if out_dir is not None:
         check_writable(out_dir, "choose another out_dir (--out), or fix its permissions")
+    teacher = teacher if catalog.parse(method)[0] != "baseline" else None
     config.seed_everything(seed)
     s_model = models.create(student, num_classes=data.num_classes(settings.dataset), img_size=settings.img_size)
-    recipe = distill.Recipe.choose(settings.recipe, s_model, settings.epochs, settings.batch_size)
+    recipe = Recipe.choose(settings.recipe, s_model, settings.epochs, settings.batch_size)
     per_process = distributed.check_batch(settings.batch_size, dist.world_size,
                                           even=recipe.augment is not None and recipe.augment.mixes)
     with distributed.main_first(dist):  # the data first: a bad train_images fails before a teacher trains
-        train, val, test = data.loaders(settings.dataset, batch_size=per_process, img_size=settings.img_size,
-                                        seed=seed, val_fraction=0.0 if settings.paper else 0.1, policy=recipe.augment,
-                                        shard=(dist.rank, dist.world_size) if dist.active else None,
-                                        train_images=settings.train_images)
-        t_model = None if method == "baseline" else teachers.from_settings(teacher, settings,
-                                                                           progress=progress and dist.is_main)
+        train_data, val_data, test_data = data.loaders(
+            settings.dataset, batch_size=per_process, img_size=settings.img_size, seed=seed, download=True,
+            val_fraction=0.0 if settings.paper else 0.1, policy=recipe.augment, train_images=settings.train_images,
+            shard=(dist.rank, dist.world_size) if dist.active else None)
+        t_model = teachers.from_settings(teacher, settings, progress=progress and dist.is_main) if teacher else None
     device = str(distributed.device_for(settings.device, dist)) if dist.active else settings.device
     if dist.active and t_model is not None:  # one teacher, even where processes read different caches
         distributed.broadcast_module(dist, t_model.to(device))
-    result = distill.fit(method, t_model, s_model, train, test if settings.paper else val, test=test,
-                         epochs=settings.epochs, seed=seed, recipe=recipe, device=device, amp=settings.amp,
-                         progress=progress and dist.is_main, max_steps=settings.max_steps, method_kwargs=method_kwargs,
-                         dist=dist, checkpoint_dir=checkpoint_dir, resume=resume, sync_bn=sync_bn)
+    if sync_bn:
+        distributed.convert_sync_batchnorm(s_model, config.device(device), dist)
+    config.seed_everything(seed)
+    impl = methods.build(method, t_model, s_model, img_size=settings.img_size, label_smoothing=recipe.label_smoothing,
+                         **(method_kwargs or {}))
+    options = distill.Options(epochs=settings.epochs, recipe=recipe, seed=seed, max_steps=settings.max_steps,
+                              selection=BEST_ON_TEST if settings.paper else BEST_ON_VALIDATION, device=device,
+                              amp=settings.amp, progress=progress and dist.is_main, checkpoint_dir=checkpoint_dir,
+                              resume=resume, dist=dist)
+    result = distill.fit(impl, train_data, None if settings.paper else val_data, test=test_data, options=options)
     if not dist.is_main:
         return result
-    result.teacher = teacher
-    if settings.paper:
-        result.best_test_acc = result.best_val_acc
-    result.config.update(profile=settings.profile, dataset=settings.dataset, batch_size=settings.batch_size,
-                         teacher_test_acc=(t_model.tas_lite_info.get("test_acc") if t_model is not None else None),
-                         teacher_train_seconds=(t_model.tas_lite_info.get("train_seconds") if t_model is not None else None),
-                         fingerprint=fingerprint(method, teacher, student, settings), provenance={
-                             **machine(), "command": command or f"experiments.train({method!r}, {teacher!r}, "
-                                                                f"{student!r}, profile {settings.profile!r}, seed={seed})"},
-                         **({"selection": PAPER_SELECTION} if settings.paper else {}))
+    result.setup = dataclasses.replace(result.setup, profile=settings.profile)
+    result.fingerprint = fingerprint(method, teacher, settings, s_model, recipe, impl.arguments)
+    result.provenance = {**machine(), "command": command or f"experiments.train({method!r}, {teacher!r}, "
+                                                           f"{student!r}, profile {settings.profile!r}, seed={seed})"}
     if out_dir is not None:
-        result.save(Path(out_dir) / result_name(teacher, student, method, seed))
+        result.save(Path(out_dir) / results.file_name(teacher, student, method, seed))
     return result
 
 
 def summary(result: Result) -> str:
-    """The run's numbers in words: final accuracy, and the best epoch as its protocol chooses it."""
+    """The run's numbers in words: final accuracy, and the reported epoch as its selection chose it."""
     head = (f"{result.method} {result.teacher or '-'} -> {result.student}, seed {result.seed}, {result.epochs} epochs: "
             f"final test accuracy {result.final_test_acc:.2f}%")
-    if result.best_test_acc is not None:
-        return (f"{head}; best test epoch {result.best_test_acc:.2f}% (epoch {result.best_epoch}), the way the "
-                f"paper reports (chosen on the test set itself)")
-    return (f"{head}; best on validation {result.best_val_acc:.2f}% (epoch {result.best_epoch}), whose test "
-            f"accuracy is {result.best_val_test_acc:.2f}%")
+    if result.selection == BEST_ON_TEST:
+        return (f"{head}; best test epoch {result.selected_test_acc:.2f}% (epoch {result.selected_epoch}), the way "
+                f"the paper reports (chosen on the test set itself)")
+    if result.selection == BEST_ON_VALIDATION:
+        best = result.history[result.selected_epoch - 1]["val_acc"]
+        return (f"{head}; best on validation {best:.2f}% (epoch {result.selected_epoch}), whose test accuracy is "
+                f"{result.selected_test_acc:.2f}%")
+    return head
 
 
 def default_dir(settings: Settings) -> Path:
@@ -148,7 +153,7 @@ class Configuration:
 
     @property
     def filename(self) -> str:
-        return result_name(self.teacher, self.student, self.method, self.seed)
+        return results.file_name(self.teacher, self.student, self.method, self.seed)
 
 
 def configurations(teacher_names: Sequence[str], student_names: Sequence[str], method_names: Sequence[str],
@@ -279,8 +284,8 @@ def _finished(path: Path, r: Configuration, settings: Settings) -> bool:
     if not path.is_file():
         return False
     done = Result.load(path)
-    have = done.config.get("fingerprint", {})
-    want = fingerprint(r.method, r.teacher, r.student, settings)
+    have = done.fingerprint
+    want = expected_fingerprint(r.method, r.teacher, r.student, settings)
     differences = describe_differences(have, want)
     if differences:
         raise ValueError(f"{path} holds a run of another recipe ({differences}); sweep into another out_dir, "
@@ -302,9 +307,11 @@ def describe_differences(have: dict[str, Any], want: dict[str, Any]) -> str:
 
 
 def command_settings(command: str, profile: str) -> Settings:
-    """The settings a recorded `python -m tas_lite sweep ...` command resolves to with today's code: its
-    profile, with the recipe knobs a sweep can set (`--epochs`, `--train-images`) where it sets them."""
+    """The settings a recorded `python -m tas_lite sweep ...` (or `train ...`) command resolves to with
+    today's code: its profile, with the recipe knobs the command sets itself (`--dataset`, `--epochs`,
+    `--train-images`)."""
     parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--dataset")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-images", type=int)
     try:
@@ -312,7 +319,7 @@ def command_settings(command: str, profile: str) -> Settings:
     except ValueError:  # not a shell command (e.g. "experiments.train(...)"): no flags to read
         words = command.split()
     known, _ = parser.parse_known_args(words)
-    return profiles.resolve(profile, epochs=known.epochs, train_images=known.train_images)
+    return profiles.resolve(profile, dataset=known.dataset, epochs=known.epochs, train_images=known.train_images)
 
 
 def stale(folder: str | Path) -> list[str]:
@@ -320,12 +327,11 @@ def stale(folder: str | Path) -> list[str]:
     today's code (fingerprint differences listed, and the command that makes it again); [] when all are
     current. A changed profile default is stale unless the command set that knob itself."""
     lines = []
-    for path in sorted(Path(folder).glob("*__*__*__seed*.json")):
-        r = Result.load(path)
-        command = r.config.get("provenance", {}).get("command", "")
-        settings = command_settings(command, r.config.get("profile", "cpu"))
-        differences = describe_differences(r.config.get("fingerprint", {}),
-                                           fingerprint(r.method, r.teacher, r.student, settings))
+    for r, path in zip(results.load_folder(folder), sorted(Path(folder).glob(results.PATTERN))):
+        command = r.provenance.get("command", "")
+        settings = command_settings(command, r.setup.profile or "cpu")
+        differences = describe_differences(r.fingerprint, expected_fingerprint(r.method, r.teacher, r.student,
+                                                                               settings))
         if differences:
             lines.append(f"stale: {path.name} ({differences}); make it again with: "
                          f"{command or 'python -m tas_lite sweep ...'}")

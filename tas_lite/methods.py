@@ -359,6 +359,10 @@ def build(spec: str, teacher: nn.Module | None, student: nn.Module, *, img_size:
     unknown names and arguments are ValueErrors. `img_size=None`: the size the student was built for.
     The method remembers its spec and every argument it trains with (`method.arguments`)."""
     name, variant_kwargs = catalog.parse(spec)
+    teacher_classes, student_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
+    if teacher is not None and teacher_classes != student_classes:
+        raise ValueError(f"the teacher predicts {teacher_classes} classes but the student {student_classes}; "
+                         f"build both with the dataset's num_classes (data.num_classes(name) gives it)")
     size = img_size or input_size(student) or (input_size(teacher) if teacher is not None else None)
     if size is None:
         raise ValueError("cannot tell the input size of these models; pass img_size=")

@@ -1,8 +1,11 @@
 """The one table of profile defaults, and `resolve()`: the only place that reads a profile's name.
 
 Notebooks and the command line call `resolve(PROFILE, epochs=EPOCHS, ...)` once, at the edge; every
-function below takes the resolved values explicitly (a `Settings` object or plain arguments).
+function below takes the resolved values explicitly (a `Settings` object or plain arguments), and a
+function that needs a profile value reads it when called, never as a default frozen at import.
 smoke: each notebook < 60 s on 2 cores (the tests); cpu: the course on a laptop; gpu: the paper.
+A profile may also carry values for another dataset (`DATASET_VALUES`): `resolve("cpu", dataset="digits")`
+gives the digits recipe the cpu profile had before it moved to Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ class Settings:
     """Every knob of a profile, resolved. Lists are stored as tuples, so a Settings object never changes."""
 
     profile: str
-    dataset: str                 # "digits" (embedded), "cifar100", ...
+    dataset: str                 # "digits" (embedded), "fashion_mnist", "cifar100", ...
     img_size: int                # input side in pixels
     batch_size: int              # student training batch
     epochs: int                  # student epochs: the full recipe (sweeps, reference results)
@@ -41,8 +44,8 @@ class Settings:
     train_steps: int             # notebook 03's short TAS run
     device: str                  # "auto": cuda, then mps, then cpu
     amp: bool | None             # None: on for CUDA
-    recipe: str = "course"       # "course": tuned on digits (distill.Recipe.for_student); "paper": the OFA
-                                 # authors' CIFAR configs with timm's augmentation (distill.Recipe.paper)
+    recipe: str = "course"       # "course": the course's optimisers (recipes.Recipe.for_student); "paper": the
+                                 # OFA authors' CIFAR configs with timm's augmentation (recipes.Recipe.paper)
     paper: bool = False          # train on the whole training split, pick the best *test* epoch as the paper
                                  # reports (CIFAR-100 only); False keeps a validation split for choosing
     train_images: int | None = None  # labelled images a student trains on (an even share per class), None: the
@@ -80,14 +83,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "device": "cpu", "amp": False, "recipe": "course", "paper": False, "train_images": None,
     },
     "cpu": {
-        "dataset": "digits", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10, "max_steps": None,
-        "teacher_epochs": 40, "analysis_epochs": 10, "teacher_batch_size": 32, "teacher_max_steps": None,
-        "pretrained": False,
-        "cka_examples": 512, "probe_images": 32, "cnn": "tiny_resnet", "vit": "tiny_vit", "mlp": "tiny_mixer",
+        "dataset": "fashion_mnist", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10,
+        "max_steps": None, "teacher_epochs": 20, "analysis_epochs": 20, "teacher_batch_size": 32,
+        "teacher_max_steps": None, "pretrained": False,
+        "cka_examples": 512, "probe_images": 32, "cnn": "tiny_convnext", "vit": "tiny_vit", "mlp": "tiny_mixer",
         "teacher": "tiny_convnext", "student": "tiny_vit", "methods": ["baseline", "kd", "fitnet", "ofa", "tas"],
         "seeds": [0, 1, 2, 3, 4],
         "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
-        "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False, "train_images": None,
+        "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False,
+        "train_images": 5000,
     },
     "gpu": {
         "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "demo_epochs": 300,
@@ -102,6 +106,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                             ["convnext_tiny", "resmlp_12_224"]],
         "train_steps": 200, "device": "auto", "amp": True, "recipe": "paper", "paper": False, "train_images": None,
     },
+}
+# Values a profile takes for a dataset other than its own; an explicit override still wins over them.
+DATASET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"digits": {"epochs": 40, "demo_epochs": 10, "teacher_epochs": 40, "analysis_epochs": 10,
+                       "cnn": "tiny_resnet", "train_images": None}},
 }
 RECIPES = ("course", "paper")
 KNOBS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "profile")
@@ -121,7 +130,8 @@ def _check_names(knobs: dict[str, Any]) -> None:
 
 
 def resolve(profile: str, **overrides: Any) -> Settings:
-    """The profile's Settings with every override that is not None applied; unknown names are an error.
+    """The profile's Settings for its dataset (or the `dataset` override, with the values the profile keeps
+    for it), with every override that is not None applied; unknown names are an error.
 
     >>> resolve("smoke", epochs=None, batch_size=8).batch_size
     8
@@ -129,7 +139,8 @@ def resolve(profile: str, **overrides: Any) -> Settings:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     _check_names(overrides)
-    return Settings(profile=profile, **_frozen(PROFILES[profile])).replace(**overrides)
+    dataset = overrides.get("dataset") or PROFILES[profile]["dataset"]
+    values = {**PROFILES[profile], **DATASET_VALUES.get(profile, {}).get(dataset, {})}
+    return Settings(profile=profile, **_frozen(values)).replace(**overrides)
 
 
-DEFAULT = resolve("cpu")  # what library functions assume when a caller gives no value

@@ -15,10 +15,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import data, plots, stats
+from . import plots, results, stats
 from .catalog import NAMES as METHOD_NAMES
 from .models import TINY, tiny_family
 from .results import Result
+from .util import atomic_path, atomic_write
 
 # The paper's table (TAS, arXiv 2410.12342, CIFAR-100 top-1 %, 224 px upsampled inputs, 300 epochs).
 PAPER_SOURCE = ("TAS, arXiv 2410.12342 (v2: 'Fuse Before Transfer', ICCV 2025), CIFAR-100 top-1 %, images "
@@ -37,9 +38,8 @@ PAPER_TEACHERS = {"Swin-T": 89.26, "ViT-S": 92.04}
 METHOD_LABELS = {"baseline": "Baseline", "kd": "KD", "dkd": "DKD", "dist": "DIST", "fitnet": "FitNet", "crd": "CRD",
                  "ofa": "OFA", "tas": "TAS"}
 METRICS = {"final_test_acc": "test accuracy after the last epoch",
-           "best_val_test_acc": "test accuracy of the best-validation epoch",
-           "final_val_acc": "validation accuracy after the last epoch",
-           "best_test_acc": "test accuracy of the best test epoch (how the paper reports; --paper runs only)"}
+           "selected_test_acc": "test accuracy of the epoch each run's selection picked",
+           "final_val_acc": "validation accuracy after the last epoch"}
 # The comparisons a sweep's verdicts report: every method against KD, KD against the baseline, TAS against OFA.
 VERDICT_PAIRS = (("kd", "baseline"), ("tas", "ofa"))
 _ORDER = list(METHOD_NAMES) + ["crd"]
@@ -63,9 +63,8 @@ def check_metric(metric: str) -> None:
 
 
 def load_results(folder: str | Path) -> list[Result]:
-    """Every results JSON (named `teacher__student__method__seedN.json`) in a folder; [] if there is none."""
-    folder = Path(folder)
-    return [Result.load(p) for p in sorted(folder.glob("*__*__*__seed*.json"))] if folder.is_dir() else []
+    """Every results JSON (named by `results.file_name`) in a folder; [] if there is none."""
+    return results.load_folder(folder)
 
 
 @dataclass
@@ -172,13 +171,14 @@ class SweepTable:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"md": folder / f"{stem}.md", "csv": folder / f"{stem}.csv", "png": folder / f"{stem}.png"}
         verdicts = f"\n\nPaired by seed:\n\n{self.verdicts_markdown()}" if self.values is not None else ""
-        paths["md"].write_text(self.markdown() + verdicts + "\n")
-        self.to_frame().to_csv(paths["csv"], float_format="%.4f")
+        atomic_write(paths["md"], self.markdown() + verdicts + "\n")
+        atomic_write(paths["csv"], self.to_frame().to_csv(float_format="%.4f"))
         if self.values is not None:
             paths["comparisons"] = folder / f"{stem}_comparisons.csv"
-            self.comparisons().to_csv(paths["comparisons"], index=False, float_format="%.4f")
+            atomic_write(paths["comparisons"], self.comparisons().to_csv(index=False, float_format="%.4f"))
         fig = self.figure()
-        fig.savefig(paths["png"], dpi=120)
+        with atomic_path(paths["png"]) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         return paths
 
@@ -198,59 +198,51 @@ def aggregate(source: str | Path | Sequence[Result], metric: str = "final_test_a
     different profiles or epoch counts in one table are an error.
     """
     check_metric(metric)
-    results = load_results(source) if isinstance(source, (str, Path)) else list(source)
-    if not results:
+    runs = load_results(source) if isinstance(source, (str, Path)) else list(source)
+    if not runs:
         raise ValueError(f"no results JSON in {source}; run `python -m tas_lite sweep` first")
-    setups = sorted({(str(r.config.get("profile")), r.epochs, r.config.get("fingerprint", {}).get("train_images"))
-                     for r in results}, key=str)
+    setups = sorted({(str(r.setup.profile), str(r.setup.dataset), r.epochs, r.fingerprint.get("train_images"),
+                      r.selection) for r in runs}, key=str)
     if len(setups) > 1:
-        raise ValueError(f"results from different setups (profile, epochs, train_images) {setups} cannot share one "
-                         f"table; keep one sweep per folder")
-    students_with_teacher = {r.student for r in results if r.method != "baseline"}
+        raise ValueError(f"results from different setups (profile, dataset, epochs, train_images, selection) {setups} "
+                         f"cannot share one table; keep one sweep per folder")
+    students_with_teacher = {r.student for r in runs if r.method != "baseline"}
     records, seen = [], set()
-    for r in results:
+    for r in runs:
         if r.method == "baseline":
             if (r.student, r.seed) in seen:
                 continue  # the same student run, filed under another teacher name
             seen.add((r.student, r.seed))
-            teachers = sorted({x.teacher for x in results if x.method != "baseline" and x.student == r.student})
+            teachers = sorted({x.teacher for x in runs if x.method != "baseline" and x.student == r.student})
             rows = [f"{t} -> {r.student}" for t in teachers] if r.student in students_with_teacher else \
                 [f"(no teacher) -> {r.student}"]
         else:
             rows = [f"{r.teacher} -> {r.student}"]
         records += [{"row": row, "method": r.method, "seed": r.seed, "acc": _number(getattr(r, metric)),
-                     "teacher_acc": r.config.get("teacher_test_acc")} for row in rows]
+                     "teacher_acc": r.teacher_info.get("test_acc")} for row in rows]
     frame = pd.DataFrame.from_records(records)
     grouped = frame.groupby(["row", "method"])["acc"]
     columns = sorted(frame["method"].unique(), key=method_order)
     shape = lambda s: s.unstack("method").reindex(columns=columns)  # noqa: E731
     mean, std, count = shape(grouped.mean()), shape(grouped.std(ddof=1)), shape(grouped.count()).fillna(0).astype(int)
     teacher_acc = frame[frame.method != "baseline"].dropna(subset=["teacher_acc"]).groupby("row")["teacher_acc"].mean()
-    (profile, epochs, train_images), = setups
+    (profile, dataset, epochs, train_images, selection), = setups
     seeds = sorted(frame["seed"].unique())
-    caption = (f"Top-1 {METRICS[metric]} (%), mean ± std over seeds {', '.join(map(str, seeds))} "
+    picked = f" ({selection})" if metric == "selected_test_acc" else ""
+    caption = (f"Top-1 {METRICS[metric]}{picked} (%), mean ± std over seeds {', '.join(map(str, seeds))} "
                f"(n = {count.max().max()} per cell at most); best per row in bold. "
-               f"Profile {profile}, {epochs} epochs"
+               f"Profile {profile}, {dataset}, {epochs} epochs"
                + (f", each student trained on {train_images} labelled images." if train_images else "."))
     values = frame.pivot_table(index=["row", "seed"], columns="method", values="acc").reindex(columns=columns)
     return SweepTable(mean, std, count, {k: float(v) for k, v in teacher_acc.items()}, caption, values,
-                      resolution=_resolution(results, metric))
+                      resolution=_resolution(runs, metric))
 
 
-def _resolution(results: Sequence[Result], metric: str) -> float:
-    """One example of the set `metric` is scored on, in points: from the sizes the runs recorded, else
-    from the dataset's test split (runs made before test sizes were recorded); 0 when neither is known."""
-    key = "val_images" if metric == "final_val_acc" else "test_images"
-    sizes = [r.config.get(key) for r in results]
-    if all(sizes):
-        return 100.0 / min(sizes)
-    datasets = {r.config.get("dataset") for r in results}
-    if key == "test_images" and len(datasets) == 1 and isinstance(next(iter(datasets)), str):
-        try:
-            return 100.0 / len(data.load(datasets.pop(), "test"))
-        except (ValueError, OSError):  # a dataset that is not on this machine
-            return 0.0
-    return 0.0
+def _resolution(runs: Sequence[Result], metric: str) -> float:
+    """One example of the set `metric` is scored on, in points, from the sizes the runs recorded; 0 when
+    a run did not record it."""
+    sizes = [r.setup.val_images if metric == "final_val_acc" else r.setup.test_images for r in runs]
+    return 100.0 / min(sizes) if all(sizes) else 0.0
 
 
 def paper_table() -> SweepTable:
@@ -303,26 +295,26 @@ def paper_reference(teacher: str, student: str) -> tuple[str, dict[str, float]]:
     return "none (the paper has no pair of these families)", {}
 
 
-def expected_seconds(results: Sequence[Result], specs: Sequence[str], epochs: int) -> float | None:
-    """What training `specs` for `epochs` each should take on the machine that made `results` (their
-    median seconds per epoch, scaled); None when a spec has no reference run."""
+def expected_seconds(runs: Sequence[Result], specs: Sequence[str], epochs: int) -> float | None:
+    """What training `specs` for `epochs` each should take on the machine that made `runs` (their median
+    seconds per epoch, scaled); None when a spec has no reference run."""
     total = 0.0
     for spec in specs:
-        per_epoch = sorted(r.wall_s / r.epochs for r in results if r.method == spec and r.epochs)
+        per_epoch = sorted(r.wall_s / r.epochs for r in runs if r.method == spec and r.epochs)
         if not per_epoch:
             return None
         total += per_epoch[len(per_epoch) // 2] * epochs
     return total
 
 
-def convergence(results: Sequence[Result], window: int = 5) -> pd.DataFrame:
+def convergence(runs: Sequence[Result], window: int = 5) -> pd.DataFrame:
     """Has each method stopped learning? Per method: the change of validation accuracy from the mean of
     epochs [-2w, -w) to the mean of the last w epochs (mean over seeds), against the seed-to-seed std of
     that last-w mean. "converged" when the change is no larger than the seed noise (or than one
     validation image, when the runs record how many they were scored on)."""
     records = []
-    for r in results:
-        val = [row["val_acc"] for row in r.history]
+    for r in runs:
+        val = [row["val_acc"] for row in r.history if "val_acc" in row]
         if len(val) >= 2 * window:
             last, before = sum(val[-window:]) / window, sum(val[-2 * window:-window]) / window
             records.append({"method": r.method, "last": last, "change": last - before})
@@ -330,7 +322,7 @@ def convergence(results: Sequence[Result], window: int = 5) -> pd.DataFrame:
         raise ValueError(f"no run has the {2 * window} epochs of history a convergence check needs")
     frame = pd.DataFrame.from_records(records)
     out = frame.groupby("method").agg(change=("change", "mean"), seed_std=("last", "std"), seeds=("last", "size"))
-    images = min((r.config.get("val_images") or 0 for r in results), default=0)
+    images = min((r.setup.val_images or 0 for r in runs), default=0)
     one_image = 100.0 / images if images else 0.0
     out["converged"] = out["change"].abs() <= out["seed_std"].fillna(0).clip(lower=one_image)
     return out.reindex(sorted(out.index, key=method_order))

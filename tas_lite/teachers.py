@@ -1,8 +1,10 @@
 """Trained models, cached: `trained(name)` trains once with a fixed recipe and then loads from disk.
 
 A cache entry is keyed by name, dataset, seed and a hash of everything its training depends on
-(epochs, batch size, step cap, image size, pretrained start, recipe version, and for `imagefolder:`
-data a fingerprint of the folder), so a changed recipe or changed data never loads stale weights.
+(`cache_spec`: epochs, batch size, step cap, image size, augmentation, pretrained start, recipe version,
+and for `imagefolder:` data a fingerprint of the folder), so a changed recipe or changed data never loads
+stale weights. Teachers that cost too much to train on a cold start ship with the course
+(`shipped_dir()`, made by `ship`): an entry found there is verified and loaded, never trained.
 File names hold only letters, digits and `._-`. Train-and-cache runs under a file lock: a second
 process asking for the same model waits for the first, then loads what it saved (an empty `<entry>.lock`
 beside an entry is that lock's file). The sidecar records
@@ -20,23 +22,32 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from . import checkpoints, config, data, distill, models
-from .profiles import DEFAULT
-from .util import NotWritable, check_writable
+from . import checkpoints, config, data, distill, methods, models, profiles
+from .recipes import Recipe
+from .util import NotWritable, atomic_write, check_writable
 
 RECIPE_VERSION = 4  # 3: initial weights seeded inside trained(); 4: affine augmentation, tiny_vit 8 px patches, sidecar sha256
 VAL_FRACTION = 0.1
 CACHE_KEYS = ("sha256", "test_acc", "recipe")  # what a cache entry's sidecar must hold
 
 
-def recipe(name: str, dataset: str, *, img_size: int, epochs: int, batch_size: int, max_steps: int | None,
-           pretrained: bool) -> dict[str, Any]:
-    """Everything a cache entry depends on besides the seed (the data's fingerprint included)."""
-    return {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": batch_size,
+def cache_spec(name: str, dataset: str, *, img_size: int, epochs: int, batch_size: int, max_steps: int | None,
+               pretrained: bool) -> dict[str, Any]:
+    """Everything a cache entry depends on besides the seed (the data's augmentation and fingerprint included)."""
+    spec = {"name": name, "dataset": dataset, "img_size": img_size, "epochs": epochs, "batch_size": batch_size,
             "val_fraction": VAL_FRACTION, "method": "baseline", "pretrained": pretrained, "max_steps": max_steps,
             "data": data.fingerprint(dataset), "version": RECIPE_VERSION}
+    if not pretrained:  # teachers fine-tuned from timm's weights take timm's transforms, not the dataset's own
+        spec["augmentation"] = data.describe_augmentation(dataset, img_size)
+    return spec
+
+
+def shipped_dir() -> Path:
+    """The teachers that ship with the course (`results/teachers`, in a checkout or in the installed package)."""
+    return config.results_dir() / "teachers"
 
 
 def _safe(text: str) -> str:
@@ -84,54 +95,66 @@ def _cache_lock(path: Path, cached: bool, progress: bool) -> Iterator[None]:
         yield
 
 
-def trained(name: str, dataset: str = "digits", seed: int = 0, *, epochs: int = DEFAULT.teacher_epochs,
-            batch_size: int = DEFAULT.teacher_batch_size, max_steps: int | None = DEFAULT.teacher_max_steps,
-            img_size: int | None = None, pretrained: bool = False, device: str = "auto", progress: bool = True,
-            retrain: bool = False) -> nn.Module:
-    """A model trained on `dataset` with a fixed recipe, cached; trains only when the cache is missing.
+def trained(name: str, dataset: str | None = None, seed: int = 0, *, epochs: int | None = None,
+            batch_size: int | None = None, max_steps: int | None = None, img_size: int | None = None,
+            pretrained: bool = False, device: str = "auto", progress: bool = True, retrain: bool = False) -> nn.Module:
+    """A model trained on `dataset` with a fixed recipe, cached; trains only when neither the cache nor the
+    shipped teachers hold it (or `retrain=True`).
 
-    Defaults are the cpu profile's teacher recipe. `pretrained=True` starts from timm's ImageNet weights
-    and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers. Returns the model in eval mode; its
-    accuracy and recipe are in `model.tas_lite_info`. An unwritable cache folder is an error before any
-    training; a damaged cache entry is a `util.CorruptFile` naming it (delete it, or `retrain=True`).
+    Knobs left at None take the cpu profile's teacher recipe for `dataset` (read when called). A shipped
+    teacher is verified and loaded from where it ships. `pretrained=True` starts from timm's ImageNet
+    weights and fine-tunes (AdamW 1e-4, cosine): the gpu profile's teachers. Returns the model in eval
+    mode; its accuracy and recipe are in `model.tas_lite_info`. An unwritable cache folder is an error
+    before any training; a damaged entry is a `util.CorruptFile` naming it (delete it, or `retrain=True`).
     """
+    cpu = profiles.resolve("cpu", dataset=dataset)
+    epochs, batch_size = epochs or cpu.teacher_epochs, batch_size or cpu.teacher_batch_size
     _check_positive(epochs=epochs, batch_size=batch_size, max_steps=max_steps)
     size = img_size or models.default_img_size(name)
-    spec = recipe(name, dataset, img_size=size, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
-                  pretrained=pretrained)
+    spec = cache_spec(name, cpu.dataset, img_size=size, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+                      pretrained=pretrained)
     path = cache_path(spec, seed)
-    num_classes = data.num_classes(dataset)
+    shipped = shipped_dir() / path.name
+    if shipped.is_file() and not path.is_file() and not retrain:  # your own cache entry, when there is one, wins
+        return _load(name, cpu.dataset, size, shipped, seed)
     with _cache_lock(path, path.is_file() and not retrain, progress):
         cached = path.is_file() and not retrain  # again: another process may have saved it while we waited
-        config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
-        model = models.create(name, num_classes=num_classes, img_size=size, pretrained=pretrained and not cached)
         if cached:
-            meta = checkpoints.load_weights(model, path, fix=_fix(path), required=CACHE_KEYS)
-        else:
-            meta = _train(model, spec, seed, device=device, progress=progress)
-            checkpoints.save_weights(model, path, meta)
-            meta = checkpoints.read_sidecar(path)
-    model.eval()
-    model.tas_lite_info = meta
-    return model
+            return _load(name, cpu.dataset, size, path, seed)
+        config.seed_everything(seed)  # the initial weights depend on the seed only, not on what ran before
+        model = models.create(name, num_classes=data.num_classes(cpu.dataset), img_size=size, pretrained=pretrained)
+        checkpoints.save_weights(model, path, _train(model, spec, seed, device=device, progress=progress))
+        model.tas_lite_info = checkpoints.read_sidecar(path)
+    return model.eval()
+
+
+def _load(name: str, dataset: str, img_size: int, path: Path, seed: int) -> nn.Module:
+    """The model in `path` (a cache entry or a shipped teacher), its sha256 checked, in eval mode."""
+    config.seed_everything(seed)  # as when it trained: whatever runs next sees the same random stream
+    model = models.create(name, num_classes=data.num_classes(dataset), img_size=img_size)
+    model.tas_lite_info = checkpoints.load_weights(model, path, fix=_fix(path), required=CACHE_KEYS)
+    return model.eval()
 
 
 def _train(model: nn.Module, spec: dict[str, Any], seed: int, *, device: str, progress: bool) -> dict[str, Any]:
     """Train `model` by `spec` (from scratch, or fine-tuning when pretrained); return its sidecar."""
     train, val, test = data.loaders(spec["dataset"], batch_size=spec["batch_size"], img_size=spec["img_size"],
-                                    val_fraction=spec["val_fraction"], seed=seed)
-    plan = distill.Recipe.fine_tune(spec["epochs"]) if spec["pretrained"] else None
-    result = distill.fit("baseline", None, model, train, val, test=test, epochs=spec["epochs"], seed=seed,
-                         device=device, progress=progress, recipe=plan, max_steps=spec["max_steps"])
+                                    val_fraction=spec["val_fraction"], seed=seed, download=True)
+    plan = Recipe.fine_tune(spec["epochs"]) if spec["pretrained"] else Recipe.for_student(model, spec["epochs"])
+    method = methods.build("baseline", None, model, img_size=spec["img_size"], label_smoothing=plan.label_smoothing)
+    result = distill.fit(method, train, val, test=test, epochs=spec["epochs"], seed=seed, device=device,
+                         progress=progress, recipe=plan, max_steps=spec["max_steps"])
     model.cpu()
     return {"recipe": spec, "seed": seed, "test_acc": result.final_test_acc, "val_acc": result.final_val_acc,
-            "epochs": spec["epochs"], "train_seconds": result.wall_s, "parameters": models.count_parameters(model)}
+            "val_curve": [row["val_acc"] for row in result.history], "epochs": spec["epochs"],
+            "train_seconds": result.wall_s, "parameters": models.count_parameters(model),
+            "threads": torch.get_num_threads()}
 
 
-def prepare(name: str, dataset: str = "digits", *, seed: int = 0, epochs: int = DEFAULT.teacher_epochs,
-            batch_size: int = DEFAULT.teacher_batch_size, max_steps: int | None = DEFAULT.teacher_max_steps,
-            img_size: int | None = None, pretrained: bool = False, checkpoint: str | Path | None = None,
-            device: str = "auto", progress: bool = True) -> nn.Module:
+def prepare(name: str, dataset: str | None = None, *, seed: int = 0, epochs: int | None = None,
+            batch_size: int | None = None, max_steps: int | None = None, img_size: int | None = None,
+            pretrained: bool = False, checkpoint: str | Path | None = None, device: str = "auto",
+            progress: bool = True) -> nn.Module:
     """The teacher of a distillation run: `trained(...)`, or your own safetensors weights from `checkpoint`.
 
     The test accuracy is in `teacher.tas_lite_info["test_acc"]` (absent for your own weights unless
@@ -140,6 +163,7 @@ def prepare(name: str, dataset: str = "digits", *, seed: int = 0, epochs: int = 
     if checkpoint is None:
         return trained(name, dataset, seed, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
                        img_size=img_size, pretrained=pretrained, device=device, progress=progress)
+    dataset = dataset or profiles.resolve("cpu").dataset
     teacher = models.create(name, num_classes=data.num_classes(dataset), img_size=img_size)
     path = Path(checkpoint).with_suffix(".safetensors")
     if not path.is_file():
@@ -148,10 +172,30 @@ def prepare(name: str, dataset: str = "digits", *, seed: int = 0, epochs: int = 
     return teacher.eval()
 
 
-def from_settings(name: str, settings, *, seed: int = 0, epochs: int | None = None, progress: bool = True) -> nn.Module:
-    """`prepare` with a profile's resolved teacher knobs (`profiles.resolve(...)`); `epochs` overrides
+def from_settings(name: str, settings, *, seed: int = 0, epochs: int | None = None, progress: bool = True,
+                  retrain: bool = False) -> nn.Module:
+    """`trained` with a profile's resolved teacher knobs (`profiles.resolve(...)`); `epochs` overrides
     `settings.teacher_epochs` (e.g. `settings.analysis_epochs` for the models notebooks 01-03 look inside)."""
-    return prepare(name, settings.dataset, seed=seed, epochs=epochs or settings.teacher_epochs,
+    return trained(name, settings.dataset, seed, epochs=epochs or settings.teacher_epochs,
                    batch_size=settings.teacher_batch_size, max_steps=settings.teacher_max_steps,
                    img_size=settings.img_size, pretrained=settings.pretrained, device=settings.device,
-                   progress=progress)
+                   progress=progress, retrain=retrain)
+
+
+def ship(names, settings, out_dir: str | Path | None = None, *, retrain: bool = False,
+         progress: bool = True) -> list[Path]:
+    """Train (or take from the cache) each named model with the profile's teacher recipe and copy its weights
+    and sidecar into `out_dir` (default `shipped_dir()`), where `trained` finds them: the teachers a cold
+    start loads instead of training. Returns the weights' paths."""
+    out = check_writable(out_dir or shipped_dir(), "choose another out_dir, or fix its permissions")
+    paths = []
+    for name in names:
+        model = from_settings(name, settings, progress=progress, retrain=retrain)
+        spec = model.tas_lite_info["recipe"]
+        source = cache_path(spec, model.tas_lite_info.get("seed", 0))
+        target = out / source.name
+        if source.is_file() and source.resolve() != target.resolve():  # else it was loaded from `out` itself
+            atomic_write(target, source.read_bytes())
+            atomic_write(target.with_suffix(".json"), source.with_suffix(".json").read_bytes())
+        paths.append(target)
+    return paths
