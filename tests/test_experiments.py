@@ -1,14 +1,15 @@
 """Sweeps (resume by skipping finished configurations) and the paper-style tables they aggregate into."""
 
+import dataclasses
 import json
 import math
 
 import pandas as pd
 import pytest
 
-from tas_lite import experiments, profiles, stats, tables
-from tas_lite.experiments import result_name
-from tas_lite.results import Result
+from tas_lite import experiments, profiles, results, stats, tables
+from tas_lite.results import BEST_ON_TEST, BEST_ON_VALIDATION, Result, Setup
+from tas_lite.results import file_name as result_name
 
 ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
     ("tiny_convnext", "kd"): [90.0, 92.0, 94.0],
@@ -18,10 +19,18 @@ ACC = {  # (teacher, method) -> accuracies for seeds 0, 1, 2
 }
 
 
-def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0, batch_size=64):
-    return Result(method, teacher, student, seed, epochs, final_test_acc=acc, best_val_test_acc=acc - 1,
-                  config={"profile": profile, "teacher_test_acc": None if teacher is None else teacher_acc,
-                          "dataset": "digits", "batch_size": batch_size})
+def fake_setup(method, teacher, student, seed, *, profile="cpu", epochs=12, batch_size=64, test_images=None,
+               val_images=None):
+    return Setup(method=method, method_arguments={}, teacher=teacher, student=student, dataset="digits", img_size=32,
+                 num_classes=10, train_images=None, val_images=val_images, test_images=test_images,
+                 batch_size=batch_size, epochs=epochs, max_steps=None, recipe={}, seed=seed, profile=profile)
+
+
+def fake_result(method, teacher, student, seed, acc, profile="cpu", epochs=12, teacher_acc=99.0, batch_size=64,
+                selection=BEST_ON_VALIDATION, **setup):
+    return Result(fake_setup(method, teacher, student, seed, profile=profile, epochs=epochs, batch_size=batch_size,
+                             **setup), final_test_acc=acc, selected_test_acc=acc - 1, selection=selection,
+                  teacher_info={} if teacher is None else {"test_acc": teacher_acc})
 
 
 def fabricated():
@@ -42,7 +51,7 @@ def test_aggregate_mean_std_and_best(tmp_path):
     assert table.teacher_acc == {row: 99.0, "tiny_resnet -> tiny_vit": 99.0}
     md = table.markdown()
     assert "| tiny_convnext -> tiny_vit | 99.00 | 86.00 ± 1.00 | 92.00 ± 2.00 | **96.00 ± 1.00** |" in md
-    assert "**86.00 ± 1.00**" in md.splitlines()[3] and "seeds 0, 1, 2" in md and "Profile cpu, 12 epochs" in md
+    assert "**86.00 ± 1.00**" in md.splitlines()[3] and "seeds 0, 1, 2" in md and "Profile cpu, digits, 12 epochs" in md
     paths = table.save(tmp_path)
     csv = pd.read_csv(paths["csv"], index_col="pair")
     assert csv.at[row, "best"] == "tas" and csv.at[row, "kd_std"] == pytest.approx(2.0) and csv.at[row, "kd_n"] == 3
@@ -51,8 +60,9 @@ def test_aggregate_mean_std_and_best(tmp_path):
     assert paired.mean == pytest.approx(4.0) and paired.n == 3
     assert (paths["md"].read_text().count("| tiny_convnext -> tiny_vit | TAS - KD | +4.00 |") == 1
             and paths["comparisons"].is_file())
-    best_val = tables.aggregate(fabricated(), metric="best_val_test_acc")
+    best_val = tables.aggregate(fabricated(), metric="selected_test_acc")
     assert best_val.mean.at[row, "tas"] == pytest.approx(95.0)
+    assert f"epoch each run's selection picked ({BEST_ON_VALIDATION})" in best_val.caption
 
 
 def test_aggregate_single_seed_and_errors(tmp_path):
@@ -63,13 +73,16 @@ def test_aggregate_single_seed_and_errors(tmp_path):
         tables.aggregate(tmp_path)
     with pytest.raises(ValueError, match="different setups"):
         tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), fake_result("kd", "a", "b", 1, 1.0, profile="smoke")])
-    with pytest.raises(ValueError, match="allowed: final_test_acc, best_val_test_acc"):
-        tables.aggregate(fabricated(), metric="acc")
+    with pytest.raises(ValueError, match="allowed: final_test_acc, selected_test_acc, final_val_acc"):
+        tables.aggregate(fabricated(), metric="best_val_test_acc")
     few = fake_result("kd", "a", "b", 1, 1.0)
-    few.config["fingerprint"] = {"train_images": 100}
-    with pytest.raises(ValueError, match="different setups .profile, epochs, train_images."):
+    few.fingerprint = {"train_images": 100}
+    with pytest.raises(ValueError, match="different setups .profile, dataset, epochs, train_images, selection."):
         tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), few])
     assert "each student trained on 100 labelled images" in tables.aggregate([few]).caption
+    on_test = fake_result("kd", "a", "b", 1, 1.0, selection=BEST_ON_TEST)  # the paper's way never mixes with ours
+    with pytest.raises(ValueError, match="different setups"):
+        tables.aggregate([fake_result("kd", "a", "b", 0, 1.0), on_test])
 
 
 def test_configurations_run_baseline_once_per_student():
@@ -91,7 +104,7 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
         calls.append((method, teacher, student, seed))
         result = fake_result(method, teacher, student, seed, 50.0 + seed + len(method), profile=settings.profile,
                              epochs=settings.epochs, batch_size=settings.batch_size)
-        result.config["fingerprint"] = experiments.fingerprint(method, teacher, student, settings)
+        result.fingerprint = experiments.expected_fingerprint(method, teacher, student, settings)
         result.save(out_dir / result_name(teacher, student, method, seed))
         return result
 
@@ -107,8 +120,8 @@ def test_sweep_skips_finished_configurations(tmp_path, monkeypatch):
     (tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 1)).unlink()
     experiments.sweep(smoke, **kwargs)
     assert calls[6:] == [("tas", "tiny_convnext", "tiny_vit", 1)]
-    with pytest.raises(ValueError, match=r"holds a run of another recipe \(epochs: 1 -> 40"):
-        experiments.sweep(profiles.resolve("cpu"), **kwargs)
+    with pytest.raises(ValueError, match=r"holds a run of another recipe \(.*epochs: 1 -> 40"):
+        experiments.sweep(profiles.resolve("smoke", epochs=40), **kwargs)
 
 
 def test_paper_table_and_gains():
@@ -155,15 +168,15 @@ def test_identical_differences_are_not_a_zero_width_interval():
     assert stats.paired(a, b).verdict == "better"  # the raw t-interval has zero width
     c = stats.paired(a, b, resolution=step)
     assert c.low == pytest.approx(step - 4.302653 * step / math.sqrt(3), abs=1e-5) and c.verdict == "within noise"
-    results = [Result(m, "tiny_convnext", "tiny_vit", seed, 40, final_test_acc=acc,
-                      config={"profile": "cpu", "dataset": "digits", "test_images": 359})
-               for seed in range(3) for m, acc in (("tas", b[seed]), ("tas:no_ts", a[seed]))]
-    table = tables.aggregate(results)
+    runs = [fake_result(m, "tiny_convnext", "tiny_vit", seed, acc, epochs=40, test_images=359)
+            for seed in range(3) for m, acc in (("tas", b[seed]), ("tas:no_ts", a[seed]))]
+    table = tables.aggregate(runs)
     assert table.resolution == pytest.approx(step)
     assert table.paired("tiny_convnext -> tiny_vit", "tas:no_ts", "tas").verdict == "within noise"
-    for r in results:
-        del r.config["test_images"]  # runs made before test sizes were recorded: the digits test split's size
-    assert tables.aggregate(results).resolution == pytest.approx(step)
+    for r in runs:  # runs that did not record their test set's size: no resolution (nothing is loaded to guess it)
+        r.setup = dataclasses.replace(r.setup, test_images=None)
+    assert tables.aggregate(runs).resolution == 0.0
+    assert tables.aggregate(runs).paired("tiny_convnext -> tiny_vit", "tas:no_ts", "tas").verdict == "better"
 
 
 def test_stats_match_scipys_paired_t_test():
@@ -181,14 +194,17 @@ def test_results_carry_fingerprint_and_provenance_and_stale_ones_are_named(tmp_p
     smoke = profiles.resolve("smoke")
     result = experiments.train("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
                              command="python -m tas_lite sweep --profile smoke")
-    prov = result.config["provenance"]
+    prov = result.provenance
     assert prov["command"] == "python -m tas_lite sweep --profile smoke"
     assert {"git_commit", "date", "torch", "threads", "cpu"} <= set(prov)
-    config = Result.load(tmp_path / result_name("tiny_resnet", "tiny_vit", "kd", 0)).config
-    assert config["fingerprint"] == experiments.fingerprint("kd", "tiny_resnet", "tiny_vit", smoke)
-    assert config["fingerprint"]["method_arguments"]["temperature"] == 1.0
-    changed = experiments.describe_differences(config["fingerprint"],
-                                               experiments.fingerprint("kd:t4", "tiny_resnet", "tiny_vit", smoke))
+    saved = Result.load(tmp_path / result_name("tiny_resnet", "tiny_vit", "kd", 0))
+    assert saved == result
+    assert saved.fingerprint == experiments.expected_fingerprint("kd", "tiny_resnet", "tiny_vit", smoke)
+    assert saved.fingerprint["method_arguments"] == saved.setup.method_arguments == {"temperature": 1.0, "weight": 1.0}
+    assert (saved.setup.profile, saved.setup.dataset, saved.setup.epochs, saved.setup.max_steps) == ("smoke", "digits", 1, 4)
+    assert saved.teacher == "tiny_resnet" and saved.teacher_info["test_acc"] is not None
+    changed = experiments.describe_differences(saved.fingerprint, experiments.expected_fingerprint(
+        "kd:t4", "tiny_resnet", "tiny_vit", smoke))
     assert "method_arguments.temperature: 1.0 -> 4.0" in changed
 
 
@@ -213,8 +229,8 @@ def test_sweep_with_two_workers_writes_each_result_once(tmp_path):
 
 def test_convergence_compares_the_last_epochs_change_with_seed_noise():
     def run(method, seed, curve):
-        return Result(method, "t", "s", seed, len(curve), history=[{"epoch": i + 1, "val_acc": v} for i, v in
-                                                                     enumerate(curve)], config={"val_images": 100})
+        return Result(fake_setup(method, "t", "s", seed, epochs=len(curve), val_images=100),
+                      history=[{"epoch": i + 1, "val_acc": v} for i, v in enumerate(curve)])
     flat = [run("kd", s, [50.0] * 5 + [90.0 + s] * 10) for s in range(3)]          # plateaued: change 0
     rising = [run("tas", s, [50.0 + 4 * e for e in range(10)]) for s in range(3)]   # +20 points per 5 epochs
     table = tables.convergence(flat + rising)
@@ -229,12 +245,13 @@ def test_train_images_is_part_of_the_recipe_and_its_results_are_not_stale(tmp_pa
     few = profiles.resolve("smoke", train_images=40, epochs=2)
     command = "python -m tas_lite sweep --profile smoke --epochs 2 --train-images 40 --methods baseline"
     result = experiments.train("baseline", None, "tiny_vit", few, out_dir=tmp_path, progress=False, command=command)
-    assert result.config["fingerprint"]["train_images"] == 40
-    assert "train_images" not in experiments.fingerprint("baseline", None, "tiny_vit", profiles.resolve("smoke"))
+    assert result.fingerprint["train_images"] == 40 and result.setup.train_images == 40
+    assert result.teacher is None and result.teacher_info == {}
+    assert "train_images" not in experiments.expected_fingerprint("baseline", None, "tiny_vit", profiles.resolve("smoke"))
     assert experiments.stale(tmp_path) == []  # judged against what its command trains: 2 epochs, 40 images
     path = tmp_path / result_name(None, "tiny_vit", "baseline", 0)
     doc = json.loads(path.read_text())
-    doc["config"]["provenance"]["command"] = "python -m tas_lite sweep --profile smoke --methods baseline"
+    doc["provenance"]["command"] = "python -m tas_lite sweep --profile smoke --methods baseline"
     path.write_text(json.dumps(doc))
     (line,) = experiments.stale(tmp_path)  # the same run, as if the command had not asked for them
     assert "epochs: 2 -> 1" in line and "train_images: 40 -> (none)" in line
@@ -252,3 +269,14 @@ def test_bad_train_images_fail_before_any_teacher_trains(tmp_path, monkeypatch):
         profiles.resolve("smoke", train_images=0)
     with pytest.raises(ValueError, match="drop train_images"):
         profiles.resolve("gpu", paper=True, train_images=100)
+
+
+def test_command_settings_read_the_recipe_knobs_a_command_sets():
+    """A recorded command is judged by what it trains today: its profile, with its own --dataset, --epochs
+    and --train-images (a dataset other than the profile's takes the values the profile keeps for it)."""
+    digits = experiments.command_settings("python -m tas_lite sweep --profile cpu --dataset digits --epochs 3", "cpu")
+    assert (digits.dataset, digits.epochs, digits.train_images) == ("digits", 3, None)
+    assert digits.teacher_epochs == profiles.DATASET_VALUES["cpu"]["digits"]["teacher_epochs"]
+    assert experiments.command_settings("python -m tas_lite train --train-images 50", "cpu").train_images == 50
+    assert experiments.command_settings("experiments.train('kd', 'a', 'b', profile 'smoke', seed=0)", "smoke") == \
+        profiles.resolve("smoke")
