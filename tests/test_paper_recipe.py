@@ -2,7 +2,9 @@
 mixup on a fabricated CIFAR-100, every method correct under soft (mixup) targets, and the --paper protocol.
 The cpu profile's course recipe stays exactly as it was."""
 
+import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from tas_lite import config, data, distill, experiments, methods, models, profiles
+from tas_lite import config, data, distill, experiments, methods, models, profiles, results
+from tas_lite.recipes import Recipe
+from tas_lite.results import BEST_ON_TEST, BEST_ON_VALIDATION, Result
 
 
 def _cifar100(root, n_train=8, n_test=4):
@@ -26,17 +30,17 @@ def _cifar100(root, n_train=8, n_test=4):
 
 
 def test_paper_recipe_is_the_authors_per_student_family():
-    cnn = distill.Recipe.paper(models.create("tiny_resnet", num_classes=100), 300)
+    cnn = Recipe.paper(models.create("tiny_resnet", num_classes=100), 300)
     assert (cnn.optimizer, cnn.lr, cnn.momentum, cnn.weight_decay, cnn.warmup_epochs, cnn.warmup_lr, cnn.min_lr,
             cnn.label_smoothing, cnn.clip_grad) == ("sgd", 0.05, 0.9, 2e-3, 3, 1e-4, 1e-3, 0.1, None)
     assert cnn.augment == data.PAPER_CNN and not cnn.augment.mixes and cnn.augment.color_jitter == 0
-    vit = distill.Recipe.paper(models.create("tiny_vit", num_classes=100), 300)
+    vit = Recipe.paper(models.create("tiny_vit", num_classes=100), 300)
     assert (vit.optimizer, vit.lr, vit.weight_decay, vit.warmup_epochs, vit.warmup_lr, vit.min_lr, vit.clip_grad,
             vit.label_smoothing) == ("adamw", 5e-4, 0.05, 20, 5e-7, 1e-5, 5.0, 0.1)
     a = vit.augment
     assert (a.color_jitter, a.auto_augment, a.re_prob, a.mixup, a.cutmix) == (0.4, "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0)
-    assert distill.Recipe.paper(models.create("tiny_mixer", num_classes=100), 300).augment == data.PAPER_TOKEN
-    scaled = distill.Recipe.paper(models.create("tiny_vit", num_classes=100), 30, batch_size=512)
+    assert Recipe.paper(models.create("tiny_mixer", num_classes=100), 300).augment == data.PAPER_TOKEN
+    scaled = Recipe.paper(models.create("tiny_vit", num_classes=100), 30, batch_size=512)
     assert scaled.lr == pytest.approx(2e-3) and scaled.min_lr == pytest.approx(4e-5) and scaled.warmup_epochs == 2
     # warm-up starts at warmup_lr and reaches lr after the warm-up epochs, then cosine to min_lr
     lrs = [vit.lr_at(step, 10, 300) for step in (0, 100, 200, 2999, 3000)]
@@ -45,19 +49,22 @@ def test_paper_recipe_is_the_authors_per_student_family():
 
 
 def test_course_recipe_and_its_fingerprint_are_unchanged():
-    """The cpu profile keeps its digits recipe: the same values, and a fingerprint with no new keys."""
+    """The course recipe keeps its values, and a fingerprint with no paper-track keys, on Fashion-MNIST (the
+    cpu profile) and on digits (where the shipped results were made)."""
     vit, resnet = models.create("tiny_vit", num_classes=10), models.create("tiny_resnet", num_classes=10)
-    assert distill.Recipe.choose("course", vit, 40, 32) == distill.Recipe.for_student(vit, 40)
-    assert distill.Recipe.for_student(resnet, 40).as_dict() == {
+    assert Recipe.choose("course", vit, 40, 32) == Recipe.for_student(vit, 40)
+    assert Recipe.for_student(resnet, 40).as_dict() == {
         "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.4, "min_lr": 1e-3, "momentum": 0.9,
         "label_smoothing": 0.1, "clip_grad": None}
-    assert distill.Recipe.for_student(vit, 40).lr_at(0, 10, 40) == pytest.approx(1e-3 / 26)
+    assert Recipe.for_student(vit, 40).lr_at(0, 10, 40) == pytest.approx(1e-3 / 26)
     cpu, gpu = profiles.resolve("cpu"), profiles.resolve("gpu")
     assert (cpu.recipe, cpu.paper, gpu.recipe, gpu.paper) == ("course", False, "paper", False)
-    spec = experiments.fingerprint("kd", "tiny_convnext", "tiny_vit", cpu)
-    assert "paper" not in spec and set(spec["recipe"]) == {"optimizer", "lr", "weight_decay", "warmup_epochs",
-                                                           "min_lr", "momentum", "label_smoothing", "clip_grad"}
-    assert spec["augmentation"].startswith("RandomAffineBatch(")
+    for settings, augmentation in ((cpu, "CropFlipBatch("), (profiles.resolve("cpu", dataset="digits"),
+                                                               "RandomAffineBatch(")):
+        spec = experiments.expected_fingerprint("kd", "tiny_convnext", "tiny_vit", settings)
+        assert "paper" not in spec and set(spec["recipe"]) == {"optimizer", "lr", "weight_decay", "warmup_epochs",
+                                                               "min_lr", "momentum", "label_smoothing", "clip_grad"}
+        assert spec["augmentation"].startswith(augmentation) and spec["dataset"] == settings.dataset
 
 
 def test_timm_pipeline_on_a_fabricated_cifar100(tmp_path):
@@ -106,24 +113,55 @@ def test_methods_are_correct_under_soft_targets(method):
     assert all(torch.isfinite(p.grad).all() for p in impl.trainable_parameters() if p.grad is not None)
 
 
+def _validation_named(value, path=""):
+    """Every (path, value) in a JSON document whose key names the validation split ("val_acc",
+    "final_val_acc", "assistant_val_acc", "val_images", ...)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if re.search(r"(^|_)val(_|$)", key):
+                yield f"{path}{key}", item
+            yield from _validation_named(item, f"{path}{key}.")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _validation_named(item, f"{path}{i}.")
+
+
 def test_paper_protocol_trains_on_everything_and_reports_the_best_test_epoch(tmp_path, monkeypatch):
+    """--paper: all training images train, the test set scores every epoch and picks the reported one, and
+    the record says so: its history names the split it scored (test_acc, assistant_test_acc), the selection
+    is the paper's way, and no field named for validation holds anything."""
     monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / "home"))
     _cifar100(config.datasets_dir(), n_train=10, n_test=4)
     seen = {}
     real_fit = distill.fit
 
-    def spy(method, teacher, student, train, val, **kwargs):
+    def spy(method, train, val=None, **kwargs):
         seen.update(train=len(train.dataset), val=val, test=kwargs["test"])
-        return real_fit(method, teacher, student, train, val, **kwargs)
+        return real_fit(method, train, val, **kwargs)
 
     monkeypatch.setattr(distill, "fit", spy)
-    common = dict(student="tiny_vit", img_size=32, epochs=2, max_steps=1, batch_size=4, device="cpu", amp=False)
-    result = experiments.train("baseline", None, "tiny_vit", profiles.resolve("gpu", paper=True, **common),
-                             out_dir=tmp_path, progress=False)
-    assert seen["train"] == 10 and seen["val"] is seen["test"]  # all training images; the test set picks the epoch
-    assert result.best_test_acc == max(row["val_acc"] for row in result.history)
-    assert "how the paper reports" in result.config["selection"] and result.config["fingerprint"]["paper"]
+    common = dict(student="tiny_vit", img_size=32, epochs=2, max_steps=1, batch_size=4, device="cpu", amp=False,
+                  pretrained=False, teacher_epochs=1, teacher_max_steps=1, teacher_batch_size=4)
+    paper = profiles.resolve("gpu", paper=True, **common)
+    result = experiments.train("tas", "tiny_convnext", "tiny_vit", paper, out_dir=tmp_path, progress=False)
+    assert seen["train"] == 10 and seen["val"] is None and seen["test"] is not None  # all training images
+    assert result.selection == BEST_ON_TEST and result.fingerprint["paper"]
+    assert result.selected_test_acc == max(row["test_acc"] for row in result.history)
+    assert result.history[result.selected_epoch - 1]["test_acc"] == result.selected_test_acc
+    assert all("test_acc" in row and "assistant_test_acc" in row for row in result.history)
+    assert result.final_val_acc is None and result.setup.val_images is None and result.setup.test_images == 4
     assert "the way the paper reports" in experiments.summary(result)
+    path = tmp_path / results.file_name("tiny_convnext", "tiny_vit", "tas", 0)
+    loaded = Result.load(path)  # (that the whole record round-trips is tests/test_results.py's business)
+    assert (loaded.history, loaded.selection, loaded.selected_epoch, loaded.selected_test_acc, loaded.final_test_acc,
+            loaded.final_val_acc, loaded.setup.val_images) == (result.history, BEST_ON_TEST, result.selected_epoch,
+                                                               result.selected_test_acc, result.final_test_acc, None, None)
+    named = dict(_validation_named(json.loads(path.read_text())))
+    assert named and all(value is None for value in named.values()), named  # the only val-named fields: empty
+
     result = experiments.train("baseline", None, "tiny_vit", profiles.resolve("gpu", **common), progress=False)
-    assert seen["train"] == 9 and seen["val"] is not seen["test"] and result.best_test_acc is None
-    assert "best on validation" in experiments.summary(result) and result.config["recipe"]["optimizer"] == "adamw"
+    assert seen["train"] == 9 and seen["val"] is not None and seen["test"] is not None
+    assert result.selection == BEST_ON_VALIDATION and result.final_val_acc == result.history[-1]["val_acc"]
+    assert all("test_acc" not in row for row in result.history)
+    assert result.setup.val_images == 1 and "paper" not in result.fingerprint
+    assert "best on validation" in experiments.summary(result) and result.setup.recipe["optimizer"] == "adamw"
