@@ -2,18 +2,37 @@
 with provenance, and their tables are what the results aggregate to. A stale result fails here, named."""
 
 import json
+import math
 
 import pytest
 
-from tas_lite import config, experiments, profiles, tables
-from tas_lite.results import Result
+from tas_lite import config, experiments, profiles, results, tables
+from tas_lite.results import SELECTIONS, Result
 
 RESULTS = config.results_dir()
-FOLDERS = sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []
+FOLDERS = sorted(p for p in RESULTS.iterdir() if p.is_dir() and any(p.glob(results.PATTERN))) \
+    if RESULTS.is_dir() else []
+DIGITS = ["digits", "digits_ablation", "digits_100_images", "digits_same_family"]  # made when cpu meant digits
 
 
-def test_the_default_sweep_and_the_ablation_ship_with_the_repository():
-    assert {"cpu", "cpu_ablation", "cpu_100_images"} <= {p.name for p in FOLDERS}, f"missing reference results in {RESULTS}"
+def test_the_digits_reference_sweeps_ship_with_the_repository():
+    assert set(DIGITS) <= {p.name for p in FOLDERS}, f"missing reference results in {RESULTS}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_every_shipped_result_loads_as_a_complete_record(folder):
+    files = sorted(folder.glob(results.PATTERN))
+    loaded = results.load_folder(folder)
+    assert len(loaded) == len(files) > 0
+    for path, r in zip(files, loaded):
+        assert path.name == results.file_name(r.teacher, r.student, r.method, r.seed), "file named by its content"
+        assert r.selection in SELECTIONS and r.history and len(r.history) == r.epochs == r.setup.epochs, path.name
+        scored = "test_acc" if r.selection == results.BEST_ON_TEST else "val_acc"
+        assert all(scored in row for row in r.history), path.name
+        assert 1 <= r.selected_epoch <= r.epochs and not math.isnan(r.selected_test_acc), path.name
+        assert (r.teacher is None) == (r.method == "baseline") == (r.teacher_info == {}), path.name
+        assert r.setup.dataset == r.fingerprint["dataset"] and r.setup.profile is not None, path.name
+        assert r.setup.method_arguments == r.fingerprint["method_arguments"], path.name
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
@@ -24,10 +43,23 @@ def test_shipped_results_match_the_current_recipe(folder):
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_shipped_results_carry_provenance(folder):
-    for path in sorted(folder.glob("*__seed*.json")):
-        prov = Result.load(path).config.get("provenance", {})
+    for path in sorted(folder.glob(results.PATTERN)):
+        r = Result.load(path)
+        prov = r.provenance
         assert {"command", "git_commit", "date", "torch", "threads", "cpu"} <= set(prov), path.name
         assert prov["command"].startswith("python -m tas_lite sweep"), path.name
+        if r.setup.dataset != profiles.resolve(r.setup.profile).dataset:  # made when the profile meant this dataset
+            assert f"--dataset {r.setup.dataset}" in prov["command"], path.name
+            assert "--dataset" not in prov["recorded_command"], path.name
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_the_digits_results_rerun_as_digits_today(name):
+    """Their commands ask for digits themselves: today's cpu profile (Fashion-MNIST) would train otherwise."""
+    for r in results.load_folder(RESULTS / name):
+        assert r.setup.dataset == "digits" and "--dataset digits" in r.provenance["command"]
+        assert experiments.command_settings(r.provenance["command"], r.setup.profile).dataset == "digits"
+        assert experiments.command_settings(r.provenance["recorded_command"], r.setup.profile).dataset != "digits"
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
@@ -37,7 +69,7 @@ def test_shipped_tables_are_what_their_results_aggregate_to(folder):
     assert table.markdown() in shipped and table.verdicts_markdown() in shipped
 
 
-@pytest.mark.parametrize("name", ["cpu", "cpu_ablation", "cpu_100_images"])
+@pytest.mark.parametrize("name", ["digits", "digits_ablation", "digits_100_images"])
 def test_the_readme_quotes_the_shipped_tables(name):
     """README's 'Honest numbers' and results/ show the same numbers: each table as the results aggregate it."""
     readme = (config.REPO_DIR / "README.md").read_text()
@@ -49,10 +81,10 @@ def test_a_changed_recipe_is_reported_stale(tmp_path):
     result = experiments.train("kd", "tiny_resnet", "tiny_vit", smoke, out_dir=tmp_path, progress=False,
                              command="python -m tas_lite sweep --profile smoke --methods kd")
     assert experiments.stale(tmp_path) == []
-    path = tmp_path / experiments.result_name("tiny_resnet", "tiny_vit", "kd", 0)
+    path = tmp_path / results.file_name("tiny_resnet", "tiny_vit", "kd", 0)
     doc = json.loads(path.read_text())
-    doc["config"]["fingerprint"]["epochs"] = 99
-    doc["config"]["fingerprint"]["method_arguments"]["temperature"] = 4.0
+    doc["fingerprint"]["epochs"] = 99
+    doc["fingerprint"]["method_arguments"]["temperature"] = 4.0
     path.write_text(json.dumps(doc))
     (line,) = experiments.stale(tmp_path)
     assert line.startswith("stale: ") and "epochs: 99 -> 1" in line and "temperature: 4.0 -> 1.0" in line
