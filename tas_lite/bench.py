@@ -24,8 +24,9 @@ import torch
 import torch.multiprocessing as mp
 
 from . import cka, config, distill, distributed, methods, models, profiles, runner
+from .recipes import Recipe
 from .results import machine as base_machine
-from .util import say
+from .util import atomic_write, say
 
 TARGETS = {"tas/ofa": 1.3, "tas/kd": 1.6}  # TAS's step-time budget against OFA and KD on the cpu pair
 RATIOS = (("tas", "ofa"), ("tas", "kd"), ("ofa", "kd"))
@@ -42,7 +43,7 @@ def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Modu
                    dev: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One step exactly as `distill.fit` takes it: the same `distill.train_step` (recipe, AMP on CUDA,
     GradScaler, learning-rate schedule, clipping)."""
-    recipe = distill.Recipe.for_student(student, epochs=1)
+    recipe = Recipe.for_student(student, epochs=1)
     impl = methods.build(method, None if method == "baseline" else teacher, student, img_size=img_size,
                          label_smoothing=recipe.label_smoothing)
     run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device=str(dev))
@@ -221,7 +222,7 @@ def paper_pairs(device: str = "cpu", *, repeats: int = 15, warmup: int = 3, batc
 
 
 def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
-          settings: profiles.Settings = profiles.DEFAULT, repeats: int = 15,
+          settings: profiles.Settings | None = None, repeats: int = 15,
           warmup: int = 3, batch_size: int | None = None, paper_pair: bool | None = None,
           cka_kwargs: dict[str, Any] | None = None, notebooks: bool = True,
           notebooks_dir: str | Path | None = None, threads: int | None = None, out: str | Path | None = None,
@@ -239,7 +240,7 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
             raise ValueError(f"threads must be a positive int, got {threads}")
         torch.set_num_threads(threads)
     dev = config.device(device)
-    cfg = settings
+    cfg = settings or profiles.resolve("cpu")  # read when called, as every profile value
     method_names = list(method_names or methods.METHODS)
     batch = batch_size or cfg.batch_size
     report: dict[str, Any] = {"machine": machine(dev), "targets": TARGETS}
@@ -267,7 +268,7 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str))
+        atomic_write(path, json.dumps(report, indent=2, default=str))
     return report
 
 
@@ -283,7 +284,7 @@ def _ddp_worker(rank: int, world: int, port: int, spec: dict[str, Any], results)
         config.seed_everything(0)
         t_model = models.create(spec["teacher"], num_classes=10, img_size=spec["img_size"]).eval().requires_grad_(False)
         student = models.create(spec["student"], num_classes=10, img_size=spec["img_size"])
-        recipe = distill.Recipe.for_student(student, epochs=1)
+        recipe = Recipe.for_student(student, epochs=1)
         impl = methods.build(spec["method"], t_model, student, img_size=spec["img_size"],
                              label_smoothing=recipe.label_smoothing)
         run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device="cpu", dist=ctx)

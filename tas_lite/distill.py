@@ -400,12 +400,13 @@ def _images(loader) -> int | None:
 def _setup(method: methods.Method, train, val, test, recipe: Recipe, opts: Options, batch) -> Setup:
     """What this run trains, from the objects it was given (the profile is for the caller to add)."""
     per_process = getattr(train, "batch_size", None)
-    return Setup(method=method.spec, method_arguments=method.arguments, teacher=model_name(method.teacher),
+    plain = lambda value: json.loads(json.dumps(value, default=str))  # noqa: E731  (tuples as lists, as JSON keeps them)
+    return Setup(method=method.spec, method_arguments=plain(method.arguments), teacher=model_name(method.teacher),
                  student=model_name(method.student), dataset=data.dataset_name(train),
                  img_size=int(batch[0].shape[-1]), num_classes=method.student.num_classes,
                  train_images=_images(train), val_images=_images(val), test_images=_images(test),
                  batch_size=per_process * opts.dist.world_size if per_process else None, epochs=opts.epochs,
-                 max_steps=opts.max_steps, recipe=recipe.as_dict(), seed=opts.seed)
+                 max_steps=opts.max_steps, recipe=plain(recipe.as_dict()), seed=opts.seed)
 
 
 def _resume_key(setup: Setup, method: methods.Method, train, batch) -> dict[str, Any]:

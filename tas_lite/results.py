@@ -144,7 +144,7 @@ class Result:
             if unknown or not isinstance(values.get("setup"), dict):
                 raise TypeError(f"unknown fields {sorted(unknown)}" if unknown else "no setup")
             return cls(**{**values, "setup": Setup(**values["setup"])})
-        except (TypeError, KeyError, AttributeError) as err:  # fields missing, extra or of the wrong kind
+        except (TypeError, KeyError, AttributeError, ValueError) as err:  # fields missing, extra or of the wrong kind
             raise CorruptFile(f"{path} is not a complete tas_lite Result ({err}); {fix}") from err
 
 

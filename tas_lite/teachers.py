@@ -16,6 +16,7 @@ cached model, or your own weights from a file.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -27,6 +28,7 @@ from torch import nn
 
 from . import checkpoints, config, data, distill, methods, models, profiles
 from .recipes import Recipe
+from .results import machine
 from .util import NotWritable, atomic_write, check_writable
 
 RECIPE_VERSION = 4  # 3: initial weights seeded inside trained(); 4: affine augmentation, tiny_vit 8 px patches, sidecar sha256
@@ -182,20 +184,22 @@ def from_settings(name: str, settings, *, seed: int = 0, epochs: int | None = No
                    progress=progress, retrain=retrain)
 
 
-def ship(names, settings, out_dir: str | Path | None = None, *, retrain: bool = False,
+def ship(names, settings, out_dir: str | Path | None = None, *, command: str, retrain: bool = False,
          progress: bool = True) -> list[Path]:
     """Train (or take from the cache) each named model with the profile's teacher recipe and copy its weights
     and sidecar into `out_dir` (default `shipped_dir()`), where `trained` finds them: the teachers a cold
-    start loads instead of training. Returns the weights' paths."""
+    start loads instead of training. The sidecar records `command` (what makes them again) and where they
+    were made. Returns the weights' paths."""
     out = check_writable(out_dir or shipped_dir(), "choose another out_dir, or fix its permissions")
     paths = []
     for name in names:
         model = from_settings(name, settings, progress=progress, retrain=retrain)
-        spec = model.tas_lite_info["recipe"]
-        source = cache_path(spec, model.tas_lite_info.get("seed", 0))
+        source = cache_path(model.tas_lite_info["recipe"], model.tas_lite_info.get("seed", 0))
         target = out / source.name
         if source.is_file() and source.resolve() != target.resolve():  # else it was loaded from `out` itself
             atomic_write(target, source.read_bytes())
-            atomic_write(target.with_suffix(".json"), source.with_suffix(".json").read_bytes())
+            sidecar = {**json.loads(source.with_suffix(".json").read_text()), "command": command,
+                       "provenance": machine()}
+            atomic_write(target.with_suffix(".json"), json.dumps(sidecar, indent=2))
         paths.append(target)
     return paths
