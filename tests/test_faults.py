@@ -31,9 +31,11 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import tas_lite
-from tas_lite import checkpoints, cka, data, distill, experiments, models, profiles, runner, sources, teachers, util
+from tas_lite import (checkpoints, cka, config, data, distill, experiments, methods, models, profiles, results, runner,
+                      sources, teachers, util)
 from tas_lite.__main__ import main
-from tas_lite.results import Result
+from tas_lite.recipes import Recipe
+from tas_lite.results import Result, Setup
 from tas_lite.util import CorruptFile, NotWritable
 
 REPO = Path(tas_lite.__file__).resolve().parent.parent
@@ -48,6 +50,20 @@ def synthetic(val_fraction=0.25, batch=16, seed=0):
 def student(name="tiny_vit", seed=0, **kwargs):
     torch.manual_seed(seed)
     return models.create(name, num_classes=kwargs.pop("num_classes", 10), **kwargs)
+
+
+def fit(method, teacher, model, train, val, **options):
+    """`distill.fit` on the method built as `experiments.train` builds it (seeded first)."""
+    config.seed_everything(0)
+    return distill.fit(methods.build(method, teacher, model), train, val, **options)
+
+
+def record(acc, method="kd"):
+    """A small results record (a run of one epoch)."""
+    setup = Setup(method=method, method_arguments={}, teacher="t", student="s", dataset="digits", img_size=32,
+                  num_classes=10, train_images=None, val_images=None, test_images=None, batch_size=32, epochs=1,
+                  max_steps=None, recipe={}, seed=0)
+    return Result(setup, final_test_acc=acc)
 
 
 def finite(state):
@@ -116,17 +132,17 @@ def no_training(*args, **kwargs):
 def test_sgd_lr_1e3_stops_on_non_finite_weights_instead_of_returning():
     """Row: fit with SGD lr 1e3 (max_steps=1, 3 epochs) returned normally with NaN weights."""
     train, val, _ = synthetic()
-    recipe = distill.Recipe("sgd", 1e3, 0.0, warmup_epochs=0, min_lr=1e3)
+    recipe = Recipe("sgd", 1e3, 0.0, warmup_epochs=0, min_lr=1e3)
     with pytest.raises(distill.NonFiniteWeights, match=r"non-finite weights after epoch \d.*Lower the learning rate"):
-        distill.fit("baseline", None, student(), train, val, epochs=3, max_steps=1, recipe=recipe, progress=False)
+        fit("baseline", None, student(), train, val, epochs=3, max_steps=1, recipe=recipe, progress=False)
 
 
 def test_lr_1e6_names_a_checkpoint_that_really_is_finite(tmp_path):
     """Row: with lr 1e6 the error said "last good checkpoint (epoch 2) is intact" of a NaN checkpoint."""
     train, val, _ = synthetic()
-    recipe = distill.Recipe("sgd", 1e6, 0.0, warmup_epochs=0, min_lr=1e6)
+    recipe = Recipe("sgd", 1e6, 0.0, warmup_epochs=0, min_lr=1e6)
     with pytest.raises(distill.NonFiniteLoss, match=r"last good checkpoint \(epoch (\d)\) is intact") as err:
-        distill.fit("baseline", None, student(), train, val, epochs=3, max_steps=1, recipe=recipe, progress=False,
+        fit("baseline", None, student(), train, val, epochs=3, max_steps=1, recipe=recipe, progress=False,
                     checkpoint_dir=tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert f"(epoch {state['epoch'] + 1})" in str(err.value) and str(tmp_path / "last.pt") in str(err.value)
@@ -232,7 +248,7 @@ def test_imagefolder_cache_file_name_is_flat_and_safe(tmp_path, monkeypatch):
     """Row: an imagefolder cache file name kept the path's slashes (nested folders under checkpoints/)."""
     monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / "home"))
     root = image_folder(tmp_path / "my data" / "flowers:v2")
-    spec = teachers.recipe("tiny_resnet", f"imagefolder:{root}/", img_size=32, epochs=1, batch_size=4, max_steps=2,
+    spec = teachers.cache_spec("tiny_resnet", f"imagefolder:{root}/", img_size=32, epochs=1, batch_size=4, max_steps=2,
                            pretrained=False)
     path = teachers.cache_path(spec, 0)
     assert path.parent == tmp_path / "home" / "checkpoints"
@@ -247,7 +263,7 @@ def one_epoch(tmp_path_factory):
     """A folder holding the last.pt of one epoch (2 steps) of tiny_vit on synthetic data, made once."""
     folder = tmp_path_factory.mktemp("one_epoch")
     train, val, _ = synthetic()
-    distill.fit("baseline", None, student(), train, val, epochs=1, max_steps=2, progress=False, checkpoint_dir=folder)
+    fit("baseline", None, student(), train, val, epochs=1, max_steps=2, progress=False, checkpoint_dir=folder)
     return folder
 
 
@@ -259,8 +275,8 @@ def last_pt(one_epoch, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"max_steps": 1}, r"max_steps 2 there, 1 now"),
-    ({"recipe": distill.Recipe("adamw", 5e-4, 0.05, warmup_epochs=0, min_lr=1e-5)}, r"recipe .*0\.001.* there"),
-    ({"data_seed": 1}, r"val_images '[0-9a-f]+' there, '[0-9a-f]+' now"),
+    ({"recipe": Recipe("adamw", 5e-4, 0.05, warmup_epochs=0, min_lr=1e-5)}, r"recipe .*0\.001.* there"),
+    ({"data_seed": 1}, r"scored_images '[0-9a-f]+' there, '[0-9a-f]+' now"),
     ({"batch": 8}, r"batch_size 16 there, 8 now"),
     ({"seed": 1}, r"seed 0 there, 1 now"),
 ])
@@ -268,7 +284,7 @@ def test_resume_under_another_setup_is_refused_with_the_differences(last_pt, cha
     """Row: resuming with another max_steps (or recipe, dataset, batch size) was accepted silently."""
     train, val, _ = synthetic(batch=change.get("batch", 16), seed=change.get("data_seed", 0))
     with pytest.raises(ValueError, match=rf"{last_pt} was written by another set-up \(.*{message}"):
-        distill.fit("baseline", None, student(), train, val, epochs=1, max_steps=change.get("max_steps", 2),
+        fit("baseline", None, student(), train, val, epochs=1, max_steps=change.get("max_steps", 2),
                     recipe=change.get("recipe"), seed=change.get("seed", 0), progress=False,
                     checkpoint_dir=last_pt.parent, resume=True)
 
@@ -293,7 +309,7 @@ def test_damaged_last_pt_names_the_file(last_pt, tmp_path, monkeypatch, damage):
         last.write_bytes(pickle.dumps({"student": Payload()}, protocol=2))
     train, val, _ = synthetic()
     with pytest.raises(CorruptFile, match=rf"{last} (is not a readable|holds no) tas_lite training state.*delete it"):
-        distill.fit("baseline", None, student(), train, val, epochs=1, max_steps=2, progress=False,
+        fit("baseline", None, student(), train, val, epochs=1, max_steps=2, progress=False,
                     checkpoint_dir=tmp_path, resume=True)
     assert not mark.exists(), "a pickle payload placed as a checkpoint must never run"
 
@@ -301,7 +317,7 @@ def test_damaged_last_pt_names_the_file(last_pt, tmp_path, monkeypatch, damage):
 RESUME_CHILD = textwrap.dedent("""
     import sys, time
     import torch
-    from tas_lite import data, distill, models
+    from tas_lite import data, distill, methods, models
     torch.set_num_threads(1)
     real = distill.train_step
     def slow(run, x, y, step):
@@ -313,8 +329,8 @@ RESUME_CHILD = textwrap.dedent("""
     train, val, _ = data.loaders("synthetic", batch_size=16, num_samples=64, val_fraction=0.25)
     torch.manual_seed(0)
     student = models.create("tiny_vit", num_classes=10)
-    distill.fit("kd", models.create("tiny_resnet", num_classes=10), student, train, val, epochs=2, max_steps=2,
-                progress=False, checkpoint_dir=sys.argv[1])
+    kd = methods.build("kd", models.create("tiny_resnet", num_classes=10), student)
+    distill.fit(kd, train, val, epochs=2, max_steps=2, progress=False, checkpoint_dir=sys.argv[1])
 """)
 
 
@@ -323,8 +339,8 @@ def _kd_run(checkpoint_dir, resume=False):
     torch.manual_seed(0)
     s = models.create("tiny_vit", num_classes=10)
     t = models.create("tiny_resnet", num_classes=10)
-    distill.fit("kd", t, s, train, val, epochs=2, max_steps=2, progress=False, checkpoint_dir=checkpoint_dir,
-                resume=resume)
+    distill.fit(methods.build("kd", t, s), train, val, epochs=2, max_steps=2, progress=False,
+                checkpoint_dir=checkpoint_dir, resume=resume)
     return s.state_dict()
 
 
@@ -515,21 +531,21 @@ def test_max_steps_must_be_a_positive_int_or_none(max_steps):
     """Rows: fit(max_steps=-1) returned "success" after 0 steps; fit(max_steps=0) was ignored."""
     train, val, _ = synthetic()
     with pytest.raises(ValueError, match=rf"max_steps must be a positive int or None .*got {max_steps!r}"):
-        distill.fit("baseline", None, student(), train, val, epochs=1, max_steps=max_steps, progress=False)
+        fit("baseline", None, student(), train, val, epochs=1, max_steps=max_steps, progress=False)
 
 
 def test_empty_validation_split_is_a_clear_error():
     """Row: val_fraction=0.0 then fit gave a bare StopIteration."""
     train, val, _ = synthetic(val_fraction=0.0)
     with pytest.raises(ValueError, match=r"validation loader is empty \(val_fraction=0\?\).*val_fraction=0.1"):
-        distill.fit("baseline", None, student(), train, val, epochs=1, max_steps=1, progress=False)
+        fit("baseline", None, student(), train, val, epochs=1, max_steps=1, progress=False)
 
 
 def test_student_with_too_few_classes_is_a_clear_error():
     """Row: a student with 5 classes on digits gave a raw IndexError."""
     train, val, _ = data.loaders("digits", batch_size=16)
     with pytest.raises(ValueError, match=r"student tiny_resnet predicts 5 classes but the data hold 10; .*num_classes=10"):
-        distill.fit("baseline", None, student("tiny_resnet", num_classes=5), train, val, epochs=1, max_steps=1,
+        fit("baseline", None, student("tiny_resnet", num_classes=5), train, val, epochs=1, max_steps=1,
                     progress=False)
 
 
@@ -538,9 +554,9 @@ def test_student_built_for_64px_fed_32px_is_a_clear_error():
     train, val, _ = synthetic()
     with pytest.raises(ValueError, match=r"student tiny_vit was built for 64 px images but the data are 32 px; "
                                          r"build it with img_size=32"):
-        distill.fit("baseline", None, student(img_size=64), train, val, epochs=1, max_steps=1, progress=False)
+        fit("baseline", None, student(img_size=64), train, val, epochs=1, max_steps=1, progress=False)
     with pytest.raises(ValueError, match=r"teacher tiny_mixer was built for 64 px"):
-        distill.fit("kd", student("tiny_mixer", img_size=64), student(), train, val, epochs=1, max_steps=1,
+        fit("kd", student("tiny_mixer", img_size=64), student(), train, val, epochs=1, max_steps=1,
                     progress=False)
 
 
@@ -567,14 +583,14 @@ def test_result_save_is_atomic_and_a_truncated_results_json_is_named(tmp_path, m
     """Row: Result.save was not atomic; a truncated results JSON stopped the sweep with "Expecting value:
     line 1 column 1" and no file name."""
     path = tmp_path / "r.json"
-    Result("kd", "t", "s", 0, 1, final_test_acc=50.0).save(path)
+    record(50.0).save(path)
 
     def crash(*args):
         raise KeyboardInterrupt  # the process dies after writing the data, before the rename
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        Result("kd", "t", "s", 0, 1, final_test_acc=99.0).save(path)
+        record(99.0).save(path)
     monkeypatch.undo()
     assert Result.load(path).final_test_acc == 50.0 and [p.name for p in tmp_path.iterdir()] == ["r.json"]
     assert stat.S_IMODE(path.stat().st_mode) == util.FILE_MODE, "atomic writes keep the usual file mode, not 0600"
@@ -582,7 +598,7 @@ def test_result_save_is_atomic_and_a_truncated_results_json_is_named(tmp_path, m
     settings = profiles.resolve("smoke")
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    truncated = sweep_dir / experiments.result_name(None, settings.student, "baseline", 0)
+    truncated = sweep_dir / results.file_name(None, settings.student, "baseline", 0)
     truncated.write_text('{"method": "baseline", "teach')
     monkeypatch.setattr(experiments, "train", no_training)
     with pytest.raises(CorruptFile, match=rf"{truncated} is not valid JSON .*delete it"):
