@@ -11,10 +11,10 @@ import importlib
 __version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 # In import order: each module imports only modules above it (tests/test_architecture.py checks it).
-MODULES = ("paths", "util", "colab", "config", "distributed", "profiles", "catalog", "stats", "sources",
+MODULES = ("util", "paths", "colab", "config", "distributed", "profiles", "catalog", "plan", "stats", "sources",
            "data", "stages", "models", "cka", "probes", "losses", "assistant", "heads", "methods", "results",
-           "checkpoints", "distill", "teachers", "plots", "figures", "tables", "experiments", "report",
-           "runner", "bench")
+           "recipes", "checkpoints", "distill", "teachers", "plots", "figures", "tables", "experiments",
+           "report", "runner", "bench")
 
 
 def __getattr__(name: str):

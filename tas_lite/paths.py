@@ -11,6 +11,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from .util import check_writable
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 PACKAGED = "_course"  # where a wheel carries the checkout's notebooks/ and results/ (pyproject's package-dir)
@@ -88,5 +90,5 @@ def copy_notebooks(destination: str | Path, *, overwrite: bool = False) -> list[
     if clashes and not overwrite:
         raise ValueError(f"{len(clashes)} notebook(s) already in {target} (e.g. {clashes[0].name}), perhaps with your "
                          f"edits; choose another folder, or pass --overwrite to replace them")
-    target.mkdir(parents=True, exist_ok=True)
+    check_writable(target, "choose another folder for the notebooks")
     return [Path(shutil.copyfile(p, target / p.name)) for p in sources]

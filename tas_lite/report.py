@@ -21,6 +21,7 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from .results import machine
+from .util import atomic_write
 
 FINDING_PREFIX = "FINDING:"
 
@@ -91,7 +92,7 @@ def write_site(report: RunReport) -> Path:
             nav = (f'<nav style="padding:8px 16px;font:14px sans-serif;background:#f3f4f6">'
                    f'<a href="index.html">&larr; all notebooks</a> &middot; {_esc(nb.name)} &middot; profile '
                    f'{_esc(report.profile)} &middot; {nb.status}, {nb.wall_s:.1f} s</nav>')
-            nb.html.write_text(re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav, body, count=1))
+            atomic_write(nb.html, re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav, body, count=1))
         cards.append(_card(nb, node))
     info = machine()
     ok = sum(nb.status == "ok" for nb in report.notebooks)
@@ -99,9 +100,9 @@ def write_site(report: RunReport) -> Path:
                f"&middot; profile <b>{_esc(report.profile)}</b> &middot; {time.strftime('%Y-%m-%d %H:%M')} "
                f"&middot; {_esc(info['platform'])}, {info['cpu_count']} CPUs, torch {_esc(info['torch'])}")
     index = report.out_dir / "index.html"
-    index.write_text(_PAGE.replace("{summary}", summary).replace("{cards}", "\n".join(cards))
+    atomic_write(index, _PAGE.replace("{summary}", summary).replace("{cards}", "\n".join(cards))
                      .replace("{profile}", _esc(report.profile)))
-    (report.out_dir / "run.json").write_text(json.dumps({
+    atomic_write(report.out_dir / "run.json", json.dumps({
         "profile": report.profile, "wall_s": round(report.wall_s, 2), "machine": info,
         "notebooks": [{"name": nb.name, "status": nb.status, "wall_s": round(nb.wall_s, 2), "error": nb.error,
                        "parameters": nb.parameters, "figures": len(nb.figures)} for nb in report.notebooks]},
@@ -119,7 +120,7 @@ def _save_figures(node, folder: Path, stem: str) -> list[Path]:
             png = output.get("data", {}).get("image/png")
             if png:
                 path = folder / f"{stem}_{len(paths) + 1}.png"
-                path.write_bytes(base64.b64decode(png))
+                atomic_write(path, base64.b64decode(png))
                 paths.append(path)
     return paths
 

@@ -1,6 +1,6 @@
 """The package's shape: modules import one way (each only from modules above it, at module level), every
-module imports alone in a fresh interpreter, no function grows past ~60 lines, and nothing cites files
-outside the repository."""
+module imports alone in a fresh interpreter, the command line starts without the heavy libraries, no
+function grows past ~60 lines, and nothing cites files outside the repository."""
 
 import ast
 import random
@@ -15,6 +15,10 @@ import tas_lite
 PACKAGE = Path(tas_lite.__file__).parent
 ORDER = list(tas_lite.MODULES)
 REPO = PACKAGE.parent
+# What the command line imports before it knows the command: enough to parse, check names, numbers and folders.
+LIGHT = {"util", "paths", "profiles", "catalog", "plan"}
+HEAVY = ("torch", "torchvision", "timm", "numpy", "scipy", "sklearn", "pandas", "matplotlib", "papermill", "nbformat",
+         "nbconvert", "jsonschema", "IPython", "ipywidgets", "safetensors")
 
 
 def tree(name: str) -> ast.Module:
@@ -52,6 +56,22 @@ def test_all_imports_sit_at_module_level(name):
             assert not inner, f"{name}.{node.name} imports inside a function (line {inner[0].lineno})"
 
 
+def test_the_command_line_imports_only_light_modules():
+    """`__main__` imports light modules at module level and reaches a command's modules when the command runs,
+    as the package's lazy attributes (`tas_lite.runner.run(...)`): the one place a module is reached lazily."""
+    assert internal_imports("__main__") <= LIGHT | {"__version__"}
+    code = ("import sys, tas_lite.__main__ as m; m._parser('tas-lite').parse_args(['run', '--profile', 'smoke']); "
+            f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(HEAVY)!r}))")
+    result = _fresh(code)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-800:]
+
+
+@pytest.mark.parametrize("name", sorted(LIGHT))
+def test_light_modules_stay_light(name):
+    result = _fresh(f"import sys, tas_lite.{name}; print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(HEAVY)!r}))")
+    assert result.returncode == 0 and result.stdout.strip() == "[]", f"tas_lite.{name} imports {result.stdout}"
+
+
 def _fresh(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
@@ -78,7 +98,7 @@ def test_modules_import_in_any_order(order):
 def test_submodules_are_reachable_from_the_package():
     result = _fresh("import tas_lite; print(tas_lite.cka.linear.__name__, tas_lite.models.create.__name__)")
     assert result.stdout.split() == ["linear", "create"], result.stderr[-800:]
-    with pytest.raises(AttributeError, match="submodules: util, config"):
+    with pytest.raises(AttributeError, match="submodules: util, paths"):
         tas_lite.nonexistent  # noqa: B018
 
 

@@ -145,8 +145,7 @@ def test_cli_run_rejects_unknown_parameter(folder, monkeypatch, capsys):
 
 def test_results_notebook_through_the_runner(tmp_path):
     """Notebook 06 in the smoke profile, reading a folder of results instead of training (fast)."""
-    from tas_lite.experiments import result_name
-    from tas_lite.results import Result
+    from tas_lite.results import Result, Setup, file_name
 
     if not (config.notebooks_dir() / "06_results.ipynb").is_file():
         pytest.skip("notebook 06 is not in this checkout")
@@ -154,9 +153,12 @@ def test_results_notebook_through_the_runner(tmp_path):
     for method, accs in {"baseline": [90.0, 91.0], "kd": [92.0, 93.0], "ofa": [93.0, 94.5], "tas": [94.0, 95.0]}.items():
         teacher = None if method == "baseline" else "tiny_convnext"
         for seed, acc in enumerate(accs):
-            Result(method, teacher, "tiny_vit", seed, 1, final_test_acc=acc,
-                   config={"profile": "smoke", "teacher_test_acc": 97.0}).save(
-                results / result_name(teacher, "tiny_vit", method, seed))
+            setup = Setup(method=method, method_arguments={}, teacher=teacher, student="tiny_vit", dataset="digits",
+                          img_size=32, num_classes=10, train_images=None, val_images=None, test_images=None,
+                          batch_size=32, epochs=1, max_steps=None, recipe={}, seed=seed, profile="smoke")
+            Result(setup, final_test_acc=acc, selected_test_acc=acc,
+                   teacher_info={} if teacher is None else {"test_acc": 97.0}).save(
+                results / file_name(teacher, "tiny_vit", method, seed))
     report = runner.run("smoke", only=["06"], parameters={"SWEEP_DIR": str(results), "RUN_SWEEP": False},
                         out_dir=tmp_path / "out", progress=False)
     (record,) = report.notebooks
