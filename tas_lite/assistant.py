@@ -99,7 +99,7 @@ class L2G(nn.Module):
 
 
 @dataclass
-class Part:
+class PartSummary:
     """One row of the assistant's composition: which module, from whom, how big, whether it learns."""
 
     name: str
@@ -175,15 +175,15 @@ class HybridAssistant(nn.Module):
             groups[key] += p.numel()
         return groups
 
-    def parts(self) -> list[Part]:
+    def parts(self) -> list[PartSummary]:
         """Composition table: every part, its source, parameter count and whether it trains."""
         front, back = self._front.part_sizes(), self._back.part_sizes()
         f_train, b_train = self.front_owner not in self.frozen, self.back_owner not in self.frozen
-        rows = [Part("stem", self.front_owner, front["stem"], f_train)]
-        rows += [Part(f"stage {i + 1}", self.front_owner, front[f"stage{i + 1}"], f_train) for i in range(3)]
-        rows.append(Part("L2G", "new", sum(p.numel() for p in self.new_parameters()), True))
-        rows.append(Part("stage 4", self.back_owner, back["stage4"], b_train))
-        rows.append(Part("head", self.back_owner, back["head"], b_train))
+        rows = [PartSummary("stem", self.front_owner, front["stem"], f_train)]
+        rows += [PartSummary(f"stage {i + 1}", self.front_owner, front[f"stage{i + 1}"], f_train) for i in range(3)]
+        rows.append(PartSummary("L2G", "new", sum(p.numel() for p in self.new_parameters()), True))
+        rows.append(PartSummary("stage 4", self.back_owner, back["stage4"], b_train))
+        rows.append(PartSummary("head", self.back_owner, back["head"], b_train))
         return rows
 
     def train(self, mode: bool = True) -> HybridAssistant:

@@ -9,8 +9,6 @@ from IPython import get_ipython
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
-from . import losses
-
 FAMILY_COLORS = {"cnn": "#1f77b4", "vit": "#d62728", "swin": "#9467bd", "mlp": "#2ca02c", "assistant": "#ff7f0e"}
 
 
@@ -405,18 +403,19 @@ def gradient_bars(gradients: dict[str, dict[str, float]], *, title: str):
     return fig
 
 
-def same_class_negatives(batch_sizes, class_counts: list[int], marks: dict[str, tuple[int, int]], *, title: str):
-    """Expected in-batch negatives that share the anchor's class, (B - 1) / C, against the batch size B, one
-    line per number of classes C; `marks` = {label: (B, C)} points (e.g. this course's and the paper's)."""
+def same_class_negatives(batch_sizes, lines: dict[int, object], marks: dict[str, tuple[int, int, float]], *,
+                         title: str):
+    """Expected in-batch negatives that share the anchor's class against the batch size B: `lines` = {C: values
+    at `batch_sizes`}, one line per number of classes C; `marks` = {label: (B, C, value)} points (e.g. this
+    course's and the paper's). The values come from `losses.expected_same_class_negatives`."""
     b = np.asarray(batch_sizes, dtype=float)
     fig, ax = plt.subplots(figsize=(7.2, 4.2), constrained_layout=True)
     line_color = {}
-    for k, c in enumerate(class_counts):
+    for k, (c, values) in enumerate(lines.items()):
         line_color[c] = f"C{k}"
-        ax.plot(b, losses.expected_same_class_negatives(b, c), color=line_color[c], label=f"C = {c} classes")
+        ax.plot(b, values, color=line_color[c], label=f"C = {c} classes")
     ax.axhline(1.0, color="grey", ls=":", lw=1.2, label="one same-class negative per anchor")
-    for k, (label, (batch, classes)) in enumerate(marks.items()):
-        value = losses.expected_same_class_negatives(batch, classes)
+    for k, (label, (batch, classes, value)) in enumerate(marks.items()):
         color = line_color.get(classes, "black")
         ax.plot(batch, value, "o", ms=9, mfc="white", mec=color, mew=2, zorder=3)
         above = k % 2 == 0  # alternate: above-left, below-right, so neighbouring labels do not collide

@@ -17,17 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data
 from .stages import family, stages
 from .util import eval_mode
 
 ERF_FRACTIONS = (0.2, 0.5, 0.99)
-
-
-def sample_images(dataset: str, n: int, *, img_size: int = 32, seed: int = 0, split: str = "test",
-                  **load_kwargs) -> torch.Tensor:
-    """(n, C, H, W): a seeded sample of un-augmented test images to probe with (`data.sample_images`)."""
-    return data.sample_images(dataset, n, img_size=img_size, seed=seed, split=split, **load_kwargs)
 
 
 def block_stages(model: nn.Module) -> list[int]:
