@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tas_lite import bench, config, data, distill, distributed, experiments, models, profiles, teachers
+from tas_lite import bench, config, data, distill, distributed, experiments, methods, models, profiles, teachers
 from tas_lite.__main__ import main
-from tas_lite.experiments import result_name
+from tas_lite.recipes import Recipe
+from tas_lite.results import Result, Setup
+from tas_lite.results import file_name as result_name
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--profile", "smoke", "--dataset", "synthetic", "--teacher", "tiny_convnext", "--student",
@@ -21,15 +23,16 @@ TRAIN = ["train", "--profile", "smoke", "--dataset", "synthetic", "--teacher", "
 # Plain SGD for the equivalence: Adam's first step divides every gradient element by its own size, so an
 # element whose gradient is ~0 turns summation-order noise (~1e-9) into an update of up to ~lr / 10, in one
 # process as in two. (With AdamW the gradients of 1 and 2 processes agree to ~1e-6 of their size.)
-SGD = "distill.Recipe('sgd', 0.05, 5e-4, warmup_epochs=0.5, min_lr=1e-3, clip_grad=5.0)"
+SGD = "Recipe('sgd', 0.05, 5e-4, warmup_epochs=0.5, min_lr=1e-3, clip_grad=5.0)"
 # Wraps the command line: logs every results/checkpoint write with its rank; optionally dies mid-run.
 LAUNCHER = f'''
 import os, sys
 from tas_lite import checkpoints, distill, results
 from tas_lite.__main__ import main
+from tas_lite.recipes import Recipe
 
 rank, log = os.environ.get("RANK", "0"), os.environ["TAS_TEST_LOG"]
-distill.Recipe.choose = lambda *args, **kwargs: {SGD}
+Recipe.choose = lambda *args, **kwargs: {SGD}
 
 def logged(kind, real):
     def call(*args, **kwargs):
@@ -89,15 +92,17 @@ def _student(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _one_process_reference() -> dict[str, torch.Tensor]:
-    """The same run in this process, on the same global batches: one 'shard' of one process."""
+    """The same run in this process, on the same global batches: one 'shard' of one process, built as
+    experiments.train builds it (seeded before the student and again before the method)."""
     settings = profiles.resolve("smoke", dataset="synthetic", epochs=2, max_steps=2, batch_size=16, device="cpu")
     config.seed_everything(0)
     student = models.create("tiny_vit", num_classes=10, img_size=32)
     recipe = eval(SGD)
     teacher = teachers.from_settings("tiny_convnext", settings, progress=False)  # cached by the DDP run
     train, val, _ = data.loaders("synthetic", batch_size=16, img_size=32, seed=0, shard=(0, 1))
-    distill.fit("tas", teacher, student, train, val, epochs=2, seed=0, recipe=recipe, device="cpu", progress=False,
-                max_steps=2)
+    config.seed_everything(0)
+    tas = methods.build("tas", teacher, student, img_size=32, label_smoothing=recipe.label_smoothing)
+    distill.fit(tas, train, val, epochs=2, seed=0, recipe=recipe, device="cpu", progress=False, max_steps=2)
     return student.state_dict()
 
 
@@ -132,10 +137,10 @@ def test_train_runs_without_torchrun_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "final test accuracy" in out and "best on validation" in out and out.count("saved ") == 1
-    result = experiments.Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0))
-    assert "processes" not in result.config and result.config["provenance"]["command"].startswith("python -m tas_lite train")
+    result = Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0))
+    assert "processes" not in result.environment and result.provenance["command"].startswith("python -m tas_lite train")
     assert main([*argv, "--resume"]) == 0  # the checkpoint is complete: nothing left to train
-    assert experiments.Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0)).history == result.history
+    assert Result.load(tmp_path / result_name("tiny_convnext", "tiny_vit", "tas", 0)).history == result.history
 
 
 def test_info_nce_gathers_nothing_in_one_process():
@@ -188,10 +193,13 @@ def test_slurm_array_variables_pick_the_shard():
 def _fake_run(calls):
     def fake(method, teacher, student, settings, *, seed, out_dir, progress, command=None):
         calls.append((method, teacher, student, seed, settings.device))
-        result = experiments.Result(method, teacher, student, seed, settings.epochs, final_test_acc=50.0 + seed,
-                                    best_val_test_acc=49.0, config={"profile": settings.profile, "dataset": "digits",
-                                                                    "teacher_test_acc": 99.0})
-        result.config["fingerprint"] = experiments.fingerprint(method, teacher, student, settings)
+        setup = Setup(method=method, method_arguments={}, teacher=teacher, student=student, dataset=settings.dataset,
+                      img_size=settings.img_size, num_classes=10, train_images=None, val_images=None, test_images=None,
+                      batch_size=settings.batch_size, epochs=settings.epochs, max_steps=settings.max_steps, recipe={},
+                      seed=seed, profile=settings.profile)
+        result = Result(setup, final_test_acc=50.0 + seed, selected_test_acc=49.0,
+                        teacher_info={"test_acc": 99.0} if teacher else {},
+                        fingerprint=experiments.expected_fingerprint(method, teacher, student, settings))
         result.save(out_dir / result_name(teacher, student, method, seed))
         return result
     return fake
