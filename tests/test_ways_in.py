@@ -53,20 +53,24 @@ def course_copy(destination: Path) -> Path:
 
 
 def closure(*names: str) -> set[str]:
-    """The installed distributions `names` need, with their dependencies (markers evaluated here)."""
-    seen: set[str] = set()
-    todo = list(names)
+    """The installed distributions `names` need, with their dependencies and the extras they ask for (markers
+    evaluated here)."""
+    seen: set[tuple[str, str]] = set()
+    found: set[str] = set()
+    todo = [(name, "") for name in names]
     while todo:
-        dist = importlib.metadata.distribution(todo.pop())
+        name, extra = todo.pop()
+        dist = importlib.metadata.distribution(name)
         key = dist.metadata["Name"].lower().replace("_", "-")
-        if key in seen:
+        if (key, extra) in seen:
             continue
-        seen.add(key)
+        seen.add((key, extra))
+        found.add(key)
         for spec in dist.requires or []:
             requirement = Requirement(spec)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return seen
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(requirement.name, wanted) for wanted in ["", *requirement.extras]]
+    return found
 
 
 def fresh_venv(folder: Path, preinstalled: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
