@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from . import cka, config, distill, distributed, methods, models, profiles, runner
+from . import cka, config, distributed, loop, methods, models, profiles, runner
 from .recipes import Recipe
 from .results import machine as base_machine
 from .util import atomic_write, say
@@ -41,13 +41,13 @@ PAPER_TARGETS = {"ViT-S -> ResNet18": {"tas/kd": 1.2, "tas/ofa": 1.0}}
 
 def _training_step(method: str, teacher: torch.nn.Module, student: torch.nn.Module, img_size: int,
                    dev: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One step exactly as `distill.fit` takes it: the same `distill.train_step` (recipe, AMP on CUDA,
+    """One step exactly as `distill.fit` takes it: the same `loop.train_step` (recipe, AMP on CUDA,
     GradScaler, learning-rate schedule, clipping)."""
     recipe = Recipe.for_student(student, epochs=1)
     impl = methods.build(method, None if method == "baseline" else teacher, student, img_size=img_size,
                          label_smoothing=recipe.label_smoothing)
-    run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device=str(dev))
-    return lambda x, y: distill.train_step(run, x, y, 0)
+    run = loop.start(impl, recipe, steps_per_epoch=1, epochs=1, device=str(dev))
+    return lambda x, y: loop.train_step(run, x, y, 0)
 
 
 def step_times(method_names: Sequence[str], teacher: str, student: str, *, img_size: int, batch_size: int,
@@ -287,7 +287,7 @@ def _ddp_worker(rank: int, world: int, port: int, spec: dict[str, Any], results)
         recipe = Recipe.for_student(student, epochs=1)
         impl = methods.build(spec["method"], t_model, student, img_size=spec["img_size"],
                              label_smoothing=recipe.label_smoothing)
-        run = distill.start(impl, recipe, steps_per_epoch=1, epochs=1, device="cpu", dist=ctx)
+        run = loop.start(impl, recipe, steps_per_epoch=1, epochs=1, device="cpu", dist=ctx)
         config.seed_everything(rank)
         x = torch.randn(spec["batch_size"], 3, spec["img_size"], spec["img_size"])
         y = torch.randint(0, 10, (spec["batch_size"],))
@@ -295,7 +295,7 @@ def _ddp_worker(rank: int, world: int, port: int, spec: dict[str, Any], results)
         for i in range(spec["warmup"] + spec["repeats"]):
             distributed.barrier(ctx)  # every process starts the step together: the wait is the overhead
             start = time.perf_counter()
-            distill.train_step(run, x, y, 0)
+            loop.train_step(run, x, y, 0)
             if i >= spec["warmup"]:
                 times.append(time.perf_counter() - start)
         if rank == 0:
