@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 
-from tas_lite import config, models, teachers
+from tas_lite import config, models, profiles, teachers
 
 TIMM_224 = {"resnet18": "cnn", "mobilenetv2_100": "cnn", "convnext_tiny": "cnn", "deit_tiny_patch16_224": "vit",
             "swin_tiny_patch4_window7_224": "swin", "mixer_b16_224": "mlp", "resmlp_12_224": "mlp"}
@@ -105,13 +105,13 @@ def test_pretrained_loads_through_timm_from_a_local_file(tmp_path):
 
 def test_trained_caches_and_reloads_bit_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path))
-    first = teachers.trained("tiny_resnet", epochs=1, progress=False)
+    first = teachers.trained("tiny_resnet", "digits", epochs=1, progress=False)
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert any(f.endswith(".safetensors") for f in files) and any(f.endswith(".json") for f in files)
     assert first.tas_lite_info["test_acc"] > 10 and not first.training
 
     monkeypatch.setattr(teachers.distill, "fit", lambda *a, **k: pytest.fail("trained() retrained despite the cache"))
-    again = teachers.trained("tiny_resnet", epochs=1, progress=False)
+    again = teachers.trained("tiny_resnet", "digits", epochs=1, progress=False)
     a, b = first.state_dict(), again.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert again.tas_lite_info["test_acc"] == first.tas_lite_info["test_acc"]
@@ -123,8 +123,31 @@ def test_trained_weights_depend_on_the_seed_only(tmp_path, monkeypatch):
     for home, draws in (("a", 1), ("b", 1000)):
         monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path / home))
         torch.randn(draws)  # whatever ran earlier in the session consumed the global RNG
-        states.append(teachers.trained("tiny_mixer", epochs=1, max_steps=4, progress=False).state_dict())
+        states.append(teachers.trained("tiny_mixer", "digits", epochs=1, max_steps=4, progress=False).state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_trained_takes_the_cpu_profiles_teacher_recipe_when_called(tmp_path, monkeypatch):
+    """Knobs left at None are the cpu profile's teacher recipe for the dataset, read at each call (never a
+    default frozen at import); the dataset left at None is the cpu profile's."""
+    monkeypatch.setenv("TAS_LITE_HOME", str(tmp_path))
+    specs = []
+
+    def record(model, spec, seed, **kwargs):  # what _train hands back, without training
+        specs.append(spec)
+        return {"recipe": spec, "seed": seed, "test_acc": 0.0}
+
+    monkeypatch.setattr(teachers, "_train", record)
+    monkeypatch.setattr(teachers, "shipped_dir", lambda: tmp_path / "no_shipped_teachers")
+    cpu = profiles.resolve("cpu")
+    teachers.trained("tiny_resnet", progress=False)
+    assert (specs[-1]["dataset"], specs[-1]["epochs"], specs[-1]["batch_size"]) == (
+        cpu.dataset, cpu.teacher_epochs, cpu.teacher_batch_size)
+    teachers.trained("tiny_resnet", "digits", progress=False)
+    assert (specs[-1]["dataset"], specs[-1]["epochs"]) == ("digits", profiles.resolve("cpu", dataset="digits").teacher_epochs)
+    monkeypatch.setitem(profiles.PROFILES["cpu"], "teacher_epochs", 3)
+    teachers.trained("tiny_resnet", progress=False)
+    assert specs[-1]["epochs"] == 3 and len(specs) == 3
 
 
 @pytest.mark.parametrize("name", list(models.TINY))
