@@ -174,10 +174,12 @@ def _run_command(args: argparse.Namespace, command: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    """The `run` command: the plan and the output folder are checked without papermill or torch, then it runs."""
+    """The `run` command: the plan and the output folder are checked without papermill (and without torch unless
+    a model name needs the model zoo), then it runs."""
     params: dict[str, Any] = {name: plan.parse_value(value) for name, value in args.parameter}
     out = Path(args.out) if args.out else plan.default_dir(args.profile)
-    plan.plan(args.profile, args.notebooks, args.only, params, plan.batch_parameters(out))
+    check_model = tas_lite.models.default_img_size if {"TEACHER", "STUDENT"} & set(params) else None
+    plan.plan(args.profile, args.notebooks, args.only, params, plan.batch_parameters(out), check_model)
     check_writable(out, "choose another folder with --out (out_dir=), or fix its permissions")
     tas_lite.runner.run(args.profile, notebooks_dir=args.notebooks, only=args.only, parameters=params,
                         out_dir=out, cell_timeout=args.cell_timeout)

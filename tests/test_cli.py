@@ -76,3 +76,12 @@ def test_every_default_is_in_its_list():
         for action in command._actions:
             if isinstance(action.type, tas_lite.__main__._OneOf):
                 assert action.default in lists[action.option_strings[0]], action.option_strings
+
+
+def test_a_model_name_is_checked_against_the_zoo_before_papermill_is_imported():
+    probe = ("import sys; from tas_lite.__main__ import main; "
+             "status = main(['run', '--profile', 'smoke', '--only', '05', '-p', 'STUDENT', 'tiny_vitt']); "
+             "print(status, 'papermill' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "2 False", result.stdout + result.stderr[-800:]
+    assert "STUDENT of 05_distillation.ipynb: unknown model 'tiny_vitt'" in result.stderr
