@@ -138,6 +138,8 @@ def test_parts_table_accounts_for_every_parameter(teacher_name, student_name, fr
 def test_parts_table_names_owners():
     teacher, student = _pair("tiny_convnext", "tiny_vit")
     rows = {p.name: p for p in assistant.build(teacher, student).parts()}
+    assert all(isinstance(p, assistant.PartSummary) for p in rows.values())  # a row; stages.Part is the module
+    assert not hasattr(assistant, "Part")
     assert rows["L2G"].source == "new" and rows["stage 4"].source == "student" and rows["stage 1"].source == "teacher"
     assert not rows["stage 1"].trainable and rows["stage 4"].trainable
     view_t, view_s = models.stages(teacher).part_sizes(), models.stages(student).part_sizes()

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tas_lite import catalog, config, data, distill, experiments, methods, models, profiles, recipes, results, teachers
+from tas_lite import catalog, config, data, distill, experiments, loop, methods, models, profiles, recipes, results, teachers
 from tas_lite.results import Result
 from tas_lite.util import CorruptFile
 
@@ -77,7 +77,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, metho
     train, val, _ = synthetic_loaders()
     teacher, student = pair("tiny_convnext", "tiny_vit")
     calls = {"n": 0}
-    real_progress = distill.progress_bar
+    real_progress = loop.progress_bar
 
     def interrupt_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -85,11 +85,11 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, metho
             raise KeyboardInterrupt
         return real_progress(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "progress_bar", interrupt_second_epoch)
+    monkeypatch.setattr(loop, "progress_bar", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         distill.fit(built(method, teacher, student), train, val, epochs=2, max_steps=2, progress=False,
                     checkpoint_dir=tmp_path / "cut")
-    monkeypatch.setattr(distill, "progress_bar", real_progress)
+    monkeypatch.setattr(loop, "progress_bar", real_progress)
 
     train, val, _ = synthetic_loaders()  # a fresh process would rebuild everything
     teacher, _ = pair("tiny_convnext", "tiny_vit")  # the same fixed teacher
@@ -225,12 +225,12 @@ def test_fit_takes_a_prebuilt_method_and_hands_back_the_trained_assistant():
 
 
 def test_bench_times_the_same_train_step_as_fit(monkeypatch):
-    """bench's step is distill.train_step: counting its calls catches a bench that re-implements the step."""
+    """bench's step is loop.train_step, fit's: counting its calls catches a bench that re-implements the step."""
     from tas_lite import bench
 
     calls = []
-    real = distill.train_step
-    monkeypatch.setattr(distill, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
     bench.step_times(["kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=2, warmup=1)
     assert len(calls) == 3
 

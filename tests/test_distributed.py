@@ -27,7 +27,7 @@ SGD = "Recipe('sgd', 0.05, 5e-4, warmup_epochs=0.5, min_lr=1e-3, clip_grad=5.0)"
 # Wraps the command line: logs every results/checkpoint write with its rank; optionally dies mid-run.
 LAUNCHER = f'''
 import os, sys
-from tas_lite import checkpoints, distill, results
+from tas_lite import checkpoints, loop, results
 from tas_lite.__main__ import main
 from tas_lite.recipes import Recipe
 
@@ -45,13 +45,13 @@ results.Result.save = logged("result", results.Result.save)
 checkpoints.save_state = logged("checkpoint", checkpoints.save_state)
 stop = int(os.environ.get("TAS_TEST_STOP_AFTER", "0"))
 if stop:
-    real_step, calls = distill.train_step, [0]
+    real_step, calls = loop.train_step, [0]
     def step(*args, **kwargs):
         calls[0] += 1
         if calls[0] > stop:
             os._exit(3)  # killed: no clean-up, no checkpoint
         return real_step(*args, **kwargs)
-    distill.train_step = step
+    loop.train_step = step
 sys.exit(main(sys.argv[1:]))
 '''
 

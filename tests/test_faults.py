@@ -31,8 +31,8 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import tas_lite
-from tas_lite import (checkpoints, cka, config, data, distill, experiments, methods, models, profiles, results, runner,
-                      sources, teachers, util)
+from tas_lite import (checkpoints, cka, config, data, distill, experiments, loop, methods, models, profiles, results,
+                      runner, sources, teachers, util)
 from tas_lite.__main__ import main
 from tas_lite.recipes import Recipe
 from tas_lite.results import Result, Setup
@@ -133,7 +133,7 @@ def test_sgd_lr_1e3_stops_on_non_finite_weights_instead_of_returning():
     """Row: fit with SGD lr 1e3 (max_steps=1, 3 epochs) returned normally with NaN weights."""
     train, val, _ = synthetic()
     recipe = Recipe("sgd", 1e3, 0.0, warmup_epochs=0, min_lr=1e3)
-    with pytest.raises(distill.NonFiniteWeights, match=r"non-finite weights after epoch \d.*Lower the learning rate"):
+    with pytest.raises(loop.NonFiniteWeights, match=r"non-finite weights after epoch \d.*Lower the learning rate"):
         fit("baseline", None, student(), train, val, epochs=3, max_steps=1, recipe=recipe, progress=False)
 
 
@@ -317,15 +317,15 @@ def test_damaged_last_pt_names_the_file(last_pt, tmp_path, monkeypatch, damage):
 RESUME_CHILD = textwrap.dedent("""
     import sys, time
     import torch
-    from tas_lite import data, distill, methods, models
+    from tas_lite import data, distill, loop, methods, models
     torch.set_num_threads(1)
-    real = distill.train_step
+    real = loop.train_step
     def slow(run, x, y, step):
         if step >= run.steps_per_epoch:  # epoch 2 has begun: say so, then hang until killed
             print("EPOCH2", flush=True)
             time.sleep(300)
         return real(run, x, y, step)
-    distill.train_step = slow
+    loop.train_step = slow
     train, val, _ = data.loaders("synthetic", batch_size=16, num_samples=64, val_fraction=0.25)
     torch.manual_seed(0)
     student = models.create("tiny_vit", num_classes=10)
@@ -496,7 +496,7 @@ def test_read_only_cache_fails_before_training(tmp_path, monkeypatch, cached):
 
 
 def test_unknown_method_or_model_is_rejected_before_the_teacher_trains(monkeypatch):
-    """Row: distill.run("kd_typo", ...) trained the teacher before rejecting the name."""
+    """Row: distill.run("kd_typo", ...) (experiments.train today) trained the teacher before rejecting the name."""
     monkeypatch.setattr(teachers, "_train", no_training)
     monkeypatch.setattr(data, "loaders", no_training)
     settings = profiles.resolve("smoke")
