@@ -266,7 +266,7 @@ def expected_same_class_negatives(batch_size, num_classes):
     Each of the other B - 1 examples of a batch is a negative of the anchor; when labels are drawn
     independently and uniformly over C classes (balanced data, shuffled batches), each one shares the
     anchor's class with probability 1 / C. Those negatives are pushed away although they should be
-    alike: digits, 10 classes, batch 32 -> 3.1 per anchor; CIFAR-100, batch 128 -> 1.27.
+    alike: 10 classes (digits, Fashion-MNIST), batch 32 -> 3.1 per anchor; CIFAR-100, batch 128 -> 1.27.
     Scalars give a float; sequences and arrays broadcast and give a numpy array.
     """
     b = torch.as_tensor(batch_size, dtype=torch.float64)
