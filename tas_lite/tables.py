@@ -255,6 +255,12 @@ def paper_table() -> SweepTable:
                               f"teacher: {PAPER_BASELINES['ResNet18']}.")
 
 
+def headroom(table: SweepTable, row: str) -> tuple[float, float]:
+    """(teacher accuracy - the baseline's mean, one evaluation example) in points for one row: how much a
+    teacher could add, beside the finest step the evaluation set can show."""
+    return table.teacher_acc.get(row, math.nan) - table.mean.at[row, "baseline"], table.resolution
+
+
 def gains_over(table: SweepTable, reference: str = "kd") -> dict[str, float]:
     """Average over rows of (method - reference) in accuracy points, for every other method."""
     if reference not in table.mean.columns:
