@@ -217,8 +217,9 @@ def _train(args: argparse.Namespace, command: str) -> None:
     distributed.check_batch(settings.batch_size, ctx.world_size)
     ctx = distributed.init(ctx, device, args.backend)
     teacher, student = args.teacher or settings.teacher, args.student or settings.student
+    teacher = None if catalog.parse(args.method)[0] == "baseline" else teacher  # a baseline uses no teacher
     out = Path(args.out) if args.out else paths.outputs_dir() / "train" / settings.profile
-    name = experiments.result_name(teacher, student, args.method, args.seed)
+    name = tas_lite.results.file_name(teacher, student, args.method, args.seed)
     try:
         result = experiments.train(args.method, teacher, student, settings, seed=args.seed, out_dir=out, dist=ctx,
                                    checkpoint_dir=out / "checkpoints" / Path(name).stem, resume=args.resume,
