@@ -1,4 +1,4 @@
-"""Command line: `tas-lite run | notebooks | train | sweep | bench` (the same as `python -m tas_lite ...`).
+"""Command line: `tas-lite run | notebooks | train | sweep | teachers | bench` (as `python -m tas_lite ...`).
 
 Exit status: 0 ok; 1 a notebook failed; 2 bad input or usage (a name, value or parameter); 3 an I/O or
 environment problem (a folder that takes no files, a damaged or missing file or dataset, no network, out of
@@ -78,6 +78,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     _sweep_parser(commands, names, common)
     _train_parser(commands, names, common)
 
+    ship = commands.add_parser("teachers", parents=[common],
+                               help="train the profile's teachers (and the models notebooks 01-03 look inside) and "
+                                    "ship them with the course")
+    ship.add_argument("--profile", choices=names, default="cpu")
+    ship.add_argument("--names", nargs="+", help="default: every model the profile's notebooks load")
+    ship.add_argument("--out", help="folder (default: the course's results/teachers)")
+    ship.add_argument("--retrain", action="store_true", help="train even where the cache already holds a model")
+
     bench = commands.add_parser("bench", parents=[common],
                                 help="measure the speed claims side by side; print and save JSON")
     bench.add_argument("--device", default="cpu", type=_OneOf("config", "DEVICES", "cpu"),
@@ -105,9 +113,11 @@ def _sweep_parser(commands, names: list[str], common: argparse.ArgumentParser) -
                                                      "combined with +, e.g. tas:no_nce tas:no_ofa+no_nce")
     sweep.add_argument("--seeds", nargs="+", type=int, help="default: the profile's seeds")
     sweep.add_argument("--profile", choices=names, default="cpu")
+    sweep.add_argument("--dataset", help="default: the profile's dataset (another takes the profile's values for it, "
+                                         "e.g. --profile cpu --dataset digits)")
     sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
     sweep.add_argument("--train-images", type=int, help="labelled images each student trains on, an even share per "
-                                                        "class (teachers keep the whole split); default: all")
+                                                        "class (teachers keep the whole split); default: the profile's")
     sweep.add_argument("--metric", type=_OneOf("tables", "METRICS", "final_test_acc"), default="final_test_acc",
                        help="the results field the table reports (default: %(default)s; a wrong name is rejected "
                             "with the list)")
@@ -162,6 +172,8 @@ def _run_command(args: argparse.Namespace, command: str) -> None:
         _train(args, command)
     elif args.command == "sweep":
         _sweep(args, command)
+    elif args.command == "teachers":
+        _teachers(args, command)
     else:
         if args.out:
             check_writable(Path(args.out).parent, "choose another --out file, or fix the folder's permissions")
@@ -187,7 +199,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace, command: str) -> None:
     """The `sweep` command: profile, knobs, methods and the output folder first, then the training."""
-    settings = profiles.resolve(args.profile, epochs=args.epochs, train_images=args.train_images)
+    settings = profiles.resolve(args.profile, dataset=args.dataset, epochs=args.epochs, train_images=args.train_images)
     if args.methods:
         catalog.check(args.methods)
     if args.out:
@@ -203,6 +215,18 @@ def _sweep(args: argparse.Namespace, command: str) -> None:
     if table is not None:
         print(table.markdown())
         print("\nPaired by seed:\n" + table.verdicts_markdown())
+
+
+def _teachers(args: argparse.Namespace, command: str) -> None:
+    """The `teachers` command: train (or take from the cache) the profile's models and copy them where a cold
+    start finds them, each sidecar recording this command."""
+    settings = profiles.resolve(args.profile)
+    if args.out:
+        check_writable(args.out, "choose another --out folder, or fix its permissions")
+    teachers = tas_lite.teachers
+    names = args.names or teachers.course_models(settings)
+    for path in teachers.ship(names, settings, args.out, command=command, retrain=args.retrain):
+        print(f"shipped {path}")
 
 
 def _train(args: argparse.Namespace, command: str) -> None:

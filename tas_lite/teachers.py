@@ -184,6 +184,14 @@ def from_settings(name: str, settings, *, seed: int = 0, epochs: int | None = No
                    progress=progress, retrain=retrain)
 
 
+def course_models(settings) -> list[str]:
+    """Every model a profile's notebooks load through `from_settings`: its teacher, the three models notebooks
+    01-02 look inside, the teachers of notebook 03's pairs and notebook 05's same-family teacher (a ViT)."""
+    wanted = [settings.teacher, settings.cnn, settings.vit, settings.mlp,
+              *(teacher for teacher, _ in settings.assistant_pairs), settings.vit]
+    return list(dict.fromkeys(wanted))
+
+
 def ship(names, settings, out_dir: str | Path | None = None, *, command: str, retrain: bool = False,
          progress: bool = True) -> list[Path]:
     """Train (or take from the cache) each named model with the profile's teacher recipe and copy its weights

@@ -12,13 +12,6 @@ RETRAIN = "python -m tas_lite teachers --profile cpu"
 LIMIT_BYTES = 10_000_000
 
 
-def needed(settings: profiles.Settings) -> set[str]:
-    """Every model the cpu notebooks load through `teachers.from_settings` (notebooks 01-03 at analysis_epochs,
-    04-06 at teacher_epochs); the test below requires analysis_epochs == teacher_epochs, so one set serves both."""
-    return {settings.teacher, settings.cnn, settings.vit, settings.mlp,
-            *(teacher for teacher, _ in settings.assistant_pairs), "tiny_vit"}
-
-
 def expected_file(name: str, settings: profiles.Settings) -> str:
     spec = teachers.cache_spec(name, settings.dataset, img_size=settings.img_size, epochs=settings.teacher_epochs,
                                batch_size=settings.teacher_batch_size, max_steps=settings.teacher_max_steps,
@@ -29,7 +22,8 @@ def expected_file(name: str, settings: profiles.Settings) -> str:
 def test_the_cpu_profile_finds_every_model_it_needs_among_the_shipped_teachers():
     cpu = profiles.resolve("cpu")
     assert cpu.analysis_epochs == cpu.teacher_epochs, "notebooks 01-03 must look inside the shipped teachers"
-    missing = [name for name in sorted(needed(cpu)) if not (teachers.shipped_dir() / expected_file(name, cpu)).is_file()]
+    assert {"tiny_convnext", "tiny_vit", "tiny_mixer"} <= set(teachers.course_models(cpu))
+    missing = [name for name in teachers.course_models(cpu) if not (teachers.shipped_dir() / expected_file(name, cpu)).is_file()]
     assert not missing, (f"stale: no shipped teacher matches today's recipe for {missing} (a changed teacher recipe, "
                          f"augmentation or profile value); make them again with: {RETRAIN}")
 
