@@ -5,8 +5,10 @@ import json
 import math
 
 import pytest
+import torch
 
-from tas_lite import config, experiments, profiles, results, tables
+from tas_lite import config, distill, experiments, profiles, results, tables
+from tas_lite.__main__ import main
 from tas_lite.results import SELECTIONS, Result
 
 RESULTS = config.results_dir()
@@ -90,3 +92,34 @@ def test_a_changed_recipe_is_reported_stale(tmp_path):
     assert line.startswith("stale: ") and "epochs: 99 -> 1" in line and "temperature: 4.0 -> 1.0" in line
     assert line.endswith("python -m tas_lite sweep --profile smoke --methods kd")
     assert result.final_test_acc >= 0
+
+
+@pytest.mark.parametrize("entry", ["experiments.train", "the command line's train"])
+def test_the_shipped_baseline_reruns_to_the_shipped_first_epoch(tmp_path, monkeypatch, entry):
+    """results/digits' baseline, seed 0, made by a sweep, trained again at one thread through `train` as its
+    command resolves today (the profile's teacher named, the recipe's 40-epoch schedule) repeats its first
+    epoch bit for bit: losses, accuracies, learning rate. Only the first epoch is trained (seconds, not minutes)."""
+    shipped = Result.load(RESULTS / "digits" / results.file_name(None, "tiny_vit", "baseline", 0))
+    made = shipped.provenance
+    if (results.cpu_model(), torch.__version__) != (made["cpu"], made["torch"]):
+        pytest.skip(f"bitwise equality holds on the machine that made it ({made['cpu']}, torch {made['torch']}); this "
+                    f"is {results.cpu_model()}, torch {torch.__version__}")
+    settings = experiments.command_settings(made["command"], shipped.setup.profile)
+    real = distill._train_epochs
+    monkeypatch.setattr(distill, "_train_epochs", lambda run, result, train, scored, epochs, ckpt, **kw:
+                        real(run, result, train, scored, range(0, 1), ckpt, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(made["threads"])
+    try:
+        if entry == "experiments.train":
+            again = experiments.train("baseline", settings.teacher, "tiny_vit", settings, seed=0, progress=False)
+        else:
+            argv = ["train", "--profile", shipped.setup.profile, "--dataset", settings.dataset, "--student", "tiny_vit",
+                    "--method", "baseline", "--seed", "0", "--out", str(tmp_path)]
+            assert main(argv) == 0
+            again = Result.load(tmp_path / results.file_name(None, "tiny_vit", "baseline", 0))
+    finally:
+        torch.set_num_threads(threads)
+    first = [{k: v for k, v in r.history[0].items() if k not in ("images_per_s", "wall_s")} for r in (again, shipped)]
+    assert first[0] == first[1]
+    assert again.fingerprint == shipped.fingerprint and again.teacher is None
