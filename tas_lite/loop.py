@@ -23,6 +23,10 @@ from .results import BEST_ON_TEST, BEST_ON_VALIDATION, LAST, Result
 from .util import progress_bar
 
 PROBE_IMAGES = 128  # the fixed batch of scored images a method measures itself on after each epoch
+# After each epoch the extra predictors (TAS's assistant) are scored on the first this many scored images, not all:
+# an assistant runs the teacher's stages, which would cost as much as the student's whole validation pass again.
+# At the end they are scored on the whole test set.
+EXTRA_IMAGES = 1024
 
 
 class NonFiniteLoss(RuntimeError):
@@ -31,10 +35,14 @@ class NonFiniteLoss(RuntimeError):
 
 @torch.no_grad()
 def evaluate(forward, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> float:
-    """Top-1 accuracy (%) of `forward(x) -> logits` over a loader."""
+             channels_last: bool = False, max_images: int | None = None) -> float:
+    """Top-1 accuracy (%) of `forward(x) -> logits` over a loader (over its first `max_images` images when given)."""
     correct = total = 0
     for x, y in loader:
+        if max_images is not None and total >= max_images:
+            break
+        if max_images is not None:
+            x, y = x[:max_images - total], y[:max_images - total]
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(x)
@@ -171,19 +179,20 @@ def train_epoch(run: Run, train, epoch: int, *, progress: bool) -> dict[str, flo
             "lr": run.optimizer.param_groups[0]["lr"]}
 
 
-def _evaluate_on(run: Run, loader) -> dict[str, float]:
-    """Accuracy of the student and of every extra predictor (e.g. TAS's assistant) on a loader."""
+def _evaluate_on(run: Run, loader, extra_images: int | None = None) -> dict[str, float]:
+    """Accuracy of the student and of every extra predictor (e.g. TAS's assistant) on a loader; the extras on
+    its first `extra_images` images only, when given."""
     run.impl.eval()
     acc = {"student": evaluate(run.impl.student, loader, run.device, run.amp_dtype, run.channels_last)}
     for name, forward in run.impl.extra_models().items():
-        acc[name] = evaluate(forward, loader, run.device, run.amp_dtype, run.channels_last)
+        acc[name] = evaluate(forward, loader, run.device, run.amp_dtype, run.channels_last, extra_images)
     return acc
 
 
 def score(run: Run, row: dict[str, float], loader, epoch: int) -> None:
     """Accuracies on the scored split (named by it: `val_acc`, or `test_acc`) and the method's own
     measurements into the epoch's row; remember the best epoch's student weights."""
-    acc = _evaluate_on(run, loader)
+    acc = _evaluate_on(run, loader, EXTRA_IMAGES)
     score = row[f"{run.scored}_acc"] = acc.pop("student")
     row.update({f"{name}_{run.scored}_acc": value for name, value in acc.items()})
     if run.probe is not None:

@@ -98,7 +98,8 @@ class Result:
     """What one run produced. `selected_test_acc` is the test accuracy at `selected_epoch`, the epoch
     `selection` picked (one of `SELECTIONS`); `final_*` are the last epoch's. `history` holds one row
     per epoch: every loss term, train accuracy, and the accuracy on the split each epoch was scored on,
-    named by it (`val_acc`, or `test_acc` when the test set itself chose the epoch)."""
+    named by it (`val_acc`, or `test_acc` when the test set itself chose the epoch); extra predictors
+    (`assistant_val_acc`) are scored there on its first `loop.EXTRA_IMAGES` images."""
 
     setup: Setup
     history: list[dict[str, float]] = field(default_factory=list)
