@@ -34,8 +34,11 @@ def third_party_imports(module: str) -> set[str]:
     return found - set(sys.stdlib_module_names) - {"tas_lite", "__future__"}
 
 
+PROVIDERS = importlib.metadata.packages_distributions()  # import name -> the distributions that provide it
+
+
 def distributions(import_name: str) -> set[str]:
-    return {d.lower().replace("_", "-") for d in importlib.metadata.packages_distributions().get(import_name, [])}
+    return {d.lower().replace("_", "-") for d in PROVIDERS.get(import_name, [])}
 
 
 def test_one_version():
