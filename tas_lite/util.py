@@ -41,10 +41,33 @@ def say(enabled: bool, text: str, end: str = "\n") -> None:
 
 
 def progress_bar(items: Iterable, *, enabled: bool, total: int | None = None, desc: str = "", unit: str = "it"):
-    """`items` wrapped in a tqdm.auto bar (a widget in Jupyter, text elsewhere), or unchanged when disabled."""
+    """`items` with a tqdm.auto bar (a widget in Jupyter, text elsewhere), or unchanged when disabled.
+
+    The bar never touches `items` itself: it counts what the loop takes. (tqdm.auto's own wrapper calls
+    `iter()` once more, which advances a DataLoader's seeded generator and so changes the data order: a
+    run with a bar would then train on other batches than the same run without one.)"""
     if not enabled:
         return items
-    return tqdm(items, total=total, desc=desc, unit=unit, leave=False)
+    return _Counted(items, tqdm(total=total if total is not None else getattr(items, "__len__", lambda: None)(),
+                                desc=desc, unit=unit, leave=False))
+
+
+class _Counted:
+    """Iterate `items` once, advancing `bar` by one per item; `set_postfix` goes to the bar."""
+
+    def __init__(self, items: Iterable, bar):
+        self.items, self.bar = items, bar
+
+    def __iter__(self):
+        try:
+            for item in self.items:
+                yield item
+                self.bar.update(1)
+        finally:
+            self.bar.close()
+
+    def set_postfix(self, **values) -> None:
+        self.bar.set_postfix(**values)
 
 
 @contextmanager
