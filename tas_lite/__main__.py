@@ -118,9 +118,8 @@ def _sweep_parser(commands, names: list[str], common: argparse.ArgumentParser) -
     sweep.add_argument("--epochs", type=int, help="default: the profile's epochs")
     sweep.add_argument("--train-images", type=int, help="labelled images each student trains on, an even share per "
                                                         "class (teachers keep the whole split); default: the profile's")
-    sweep.add_argument("--metric", type=_OneOf("tables", "METRICS", "final_test_acc"), default="final_test_acc",
-                       help="the results field the table reports (default: %(default)s; a wrong name is rejected "
-                            "with the list)")
+    sweep.add_argument("--metric", choices=list(catalog.METRICS), default="final_test_acc",
+                       help="the results field the table reports (default: %(default)s)")
     sweep.add_argument("--workers", type=int, default=1, help="configurations trained at once, in separate "
                                                               "processes sharing the cores (default: 1)")
     sweep.add_argument("--out", help="results folder (default: outputs/sweep/<profile>)")
@@ -221,6 +220,8 @@ def _teachers(args: argparse.Namespace, command: str) -> None:
     """The `teachers` command: train (or take from the cache) the profile's models and copy them where a cold
     start finds them, each sidecar recording this command."""
     settings = profiles.resolve(args.profile)
+    if not args.out and not paths.in_checkout():
+        raise ValueError("outside a checkout the shipped teachers live in the installed package; pass --out FOLDER")
     if args.out:
         check_writable(args.out, "choose another --out folder, or fix its permissions")
     teachers = tas_lite.teachers

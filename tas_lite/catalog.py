@@ -1,5 +1,6 @@
-"""The methods by name, and their named variants, as plain data: what the command line and the notebooks
-check before anything heavy is imported (the classes behind the names live in `tas_lite.methods`).
+"""The methods by name, their named variants, and the metrics a table reports, as plain data: what the command
+line and the notebooks check before anything heavy is imported (the classes behind the method names live in
+`tas_lite.methods`, the tables in `tas_lite.tables`).
 
 A method spec is a name, then variants joined by "+": "tas", "tas:no_nce", "tas:no_nce+no_ofa".
 """
@@ -9,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 NAMES = ("baseline", "kd", "dkd", "dist", "fitnet", "ofa", "tas")  # registry order: tables' column order
+METRICS = {"final_test_acc": "test accuracy after the last epoch",  # a results field -> what it measures
+           "selected_test_acc": "test accuracy of the epoch each run's selection picked",
+           "final_val_acc": "validation accuracy after the last epoch"}
 
 _NO = {"nce": ("nce_ts", "nce_ta", "nce_as"), "ofa": ("ofa_ts", "ofa_ta", "ofa_as"), "ts": ("nce_ts", "ofa_ts"),
        "ta": ("nce_ta", "ofa_ta"), "as": ("nce_as", "ofa_as")}

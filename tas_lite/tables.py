@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots, results, stats
+from .catalog import METRICS
 from .catalog import NAMES as METHOD_NAMES
 from .models import TINY, tiny_family
 from .results import Result
@@ -37,9 +38,6 @@ PAPER_ABLATION = {"tas": 81.61, "tas:no_ta": 25.57, "tas:no_nce": 80.95, "tas:no
 PAPER_TEACHERS = {"Swin-T": 89.26, "ViT-S": 92.04}
 METHOD_LABELS = {"baseline": "Baseline", "kd": "KD", "dkd": "DKD", "dist": "DIST", "fitnet": "FitNet", "crd": "CRD",
                  "ofa": "OFA", "tas": "TAS"}
-METRICS = {"final_test_acc": "test accuracy after the last epoch",
-           "selected_test_acc": "test accuracy of the epoch each run's selection picked",
-           "final_val_acc": "validation accuracy after the last epoch"}
 # The comparisons a sweep's verdicts report: every method against KD, KD against the baseline, TAS against OFA.
 VERDICT_PAIRS = (("kd", "baseline"), ("tas", "ofa"))
 _ORDER = list(METHOD_NAMES) + ["crd"]
