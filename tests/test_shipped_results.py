@@ -97,7 +97,7 @@ def test_a_changed_recipe_is_reported_stale(tmp_path):
 @pytest.mark.parametrize("entry", ["experiments.train", "the command line's train"])
 def test_the_shipped_baseline_reruns_to_the_shipped_first_epoch(tmp_path, monkeypatch, entry):
     """results/digits' baseline, seed 0, made by a sweep, trained again at one thread through `train` as its
-    command resolves today (the profile's teacher named, the recipe's 40-epoch schedule) repeats its first
+    command resolves today (the profile's teacher named, the recipe's whole schedule) repeats its first
     epoch bit for bit: losses, accuracies, learning rate. Only the first epoch is trained (seconds, not minutes)."""
     shipped = Result.load(RESULTS / "digits" / results.file_name(None, "tiny_vit", "baseline", 0))
     made = shipped.provenance
