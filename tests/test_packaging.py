@@ -15,7 +15,7 @@ from tas_lite import paths
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 PYPROJECT = tomllib.loads((paths.REPO_DIR / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
-NOTEBOOK_MODULES = {"report", "runner", "bench"}  # execute or render notebooks: need the [notebooks] extra
+NOTEBOOK_MODULES = {"report", "runner", "bench", "widgets"}  # notebooks only: need the [notebooks] extra
 JUPYTER_SERVERS = {"jupyterlab", "notebook", "jupyter-server", "nbclassic", "jupyter", "nbval"}
 
 
