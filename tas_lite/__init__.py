@@ -14,7 +14,7 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject reads i
 MODULES = ("util", "paths", "colab", "config", "distributed", "profiles", "catalog", "plan", "stats", "sources",
            "data", "stages", "models", "cka", "probes", "losses", "assistant", "heads", "methods", "results",
            "recipes", "checkpoints", "loop", "distill", "teachers", "plots", "widgets", "figures", "tables", "experiments",
-           "report", "runner", "bench")
+           "report", "runner", "steptimes", "bench")
 
 
 def __getattr__(name: str):

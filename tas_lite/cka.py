@@ -11,7 +11,6 @@ plausible-looking number.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -134,7 +133,7 @@ def gram_stack(feats: Sequence[torch.Tensor], what: str = "feats") -> torch.Tens
     return out
 
 
-def _hsic1(ga: torch.Tensor, gb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def hsic1(ga: torch.Tensor, gb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HSIC_1 for all pairs of two Gram stacks (A, n, n), (B, n, n): (A, B), (A,), (B,).
 
     HSIC_1 = [tr(KL) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'KL1] / (n(n-3)), zero diagonals.
@@ -184,7 +183,7 @@ class MinibatchCKA:
             raise ValueError(f"A and B must hold the same examples: {n} vs {grams_b.shape[-1]} in this batch")
         if n < 4:
             raise ValueError(f"the unbiased HSIC estimator needs at least 4 examples per batch, got {n}")
-        ab, aa, bb = _hsic1(grams_a, grams_b.to(grams_a.device))
+        ab, aa, bb = hsic1(grams_a, grams_b.to(grams_a.device))
         self.hsic_ab += ab.cpu()
         self.hsic_aa += aa.cpu()
         self.hsic_bb += bb.cpu()
@@ -333,78 +332,3 @@ def shallow_deep(matrix: torch.Tensor) -> float:
         raise ValueError(f"shallow_deep needs a square matrix with at least 3 layers, got shape {tuple(m.shape)}")
     k = len(m) // 3
     return m[:k, -k:].mean().item()
-
-
-def _bench_batch(gen: torch.Generator, layers: int, n: int, dim: int) -> tuple[list, list]:
-    """Two related float32 feature lists with a large offset: layer i mixes a shared signal and noise."""
-    base = torch.randn(n, dim, generator=gen)
-    a = [base + (i / layers) * torch.randn(n, dim, generator=gen) + 100.0 for i in range(layers)]
-    b = [base.roll(i, 1) + 0.5 * torch.randn(n, dim, generator=gen) for i in range(layers)]
-    return a, b
-
-
-def _pair_loop(a: list, b: list, sums: torch.Tensor, cached: bool) -> None:
-    """One batch the per-pair way: a Python loop over (i, j), adding HSIC_1 (ab, aa, bb) into sums (3, A, B)."""
-    ga, gb = (gram_stack(a), gram_stack(b)) if cached else (None, None)
-    for i in range(len(a)):
-        for j in range(len(b)):
-            K = ga[i: i + 1] if cached else gram_stack([a[i]])
-            L = gb[j: j + 1] if cached else gram_stack([b[j]])
-            for k, h in enumerate(_hsic1(K, L)):
-                sums[k, i, j] += h.sum().item()
-
-
-def bench_cka(layers: int = 12, examples: int = 2048, batch_size: int = 256, dim: int = 512,
-              device: str = "cpu", seed: int = 0) -> dict:
-    """All-pairs MinibatchCKA vs a per-pair Python loop on the same seeded float32 features.
-
-    The loop is what one writes without stacking: for every batch and every (i, j) pair, Gram matrices
-    of X_i and Y_j, then the three HSIC_1 sums. A second loop reuses each layer's Gram within a batch,
-    to show what the single all-pairs product adds beyond caching. Returns seconds, speedups, the
-    largest difference to the all-pairs CKA matrix, and the memory the accumulator keeps.
-    """
-    if examples % batch_size or batch_size < 4:
-        raise ValueError(f"examples ({examples}) must be a multiple of batch_size ({batch_size}) >= 4")
-    dev = config.device(device)
-
-    def batches():
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(examples // batch_size):
-            a, b = _bench_batch(gen, layers, batch_size, dim)
-            yield [t.to(dev) for t in a], [t.to(dev) for t in b]
-
-    def timed(step) -> float:
-        total = 0.0
-        for a, b in batches():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(a, b)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            total += time.perf_counter() - start
-        return total
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    acc = MinibatchCKA(layers, layers)
-    all_pairs_s = timed(acc.update)
-    fast = acc.compute()
-    peak_cuda = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
-    result = {"layers": layers, "examples": examples, "batch_size": batch_size, "dim": dim, "device": str(dev),
-              "all_pairs_s": round(all_pairs_s, 4)}
-    diffs = []
-    for name, cached in (("loop", False), ("loop_cached_grams", True)):
-        sums = torch.zeros(3, layers, layers, dtype=torch.float64)
-        seconds = timed(lambda a, b, sums=sums, cached=cached: _pair_loop(a, b, sums, cached))
-        diffs.append((fast - sums[0] / torch.sqrt(sums[1] * sums[2])).abs().max().item())
-        result[f"{name}_s"] = round(seconds, 4)
-        result[f"speedup_vs_{name}"] = round(seconds / all_pairs_s, 2)
-    result["speedup"] = result["speedup_vs_loop"]
-    result["max_abs_diff"] = max(diffs)
-    result["accumulator_bytes"] = sum(t.numel() * t.element_size() for t in (acc.hsic_ab, acc.hsic_aa, acc.hsic_bb))
-    result["batch_gram_bytes"] = 2 * layers * batch_size**2 * 8  # one batch's two Gram stacks, freed after it
-    result["peak_cuda_bytes"] = peak_cuda
-    result["memory_note"] = ("the accumulator keeps (layers x layers) sums only; per-batch Gram stacks scale "
-                             "with batch_size^2, never with the number of examples")
-    return result

@@ -5,17 +5,17 @@ import json
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from tas_lite import bench
+from tas_lite import bench, steptimes
 from tas_lite.__main__ import main
 
 TINY_CKA = {"layers": 3, "examples": 32, "batch_size": 16, "dim": 8}
 
 
 def test_step_times_are_interleaved_per_method():
-    times = bench.step_times(["baseline", "kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=3,
+    times = steptimes.step_times(["baseline", "kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=3,
                              warmup=0)
     assert set(times) == {"baseline", "kd"} and all(len(v) == 3 and min(v) > 0 for v in times.values())
-    summary = bench.summarise({"tas": [2.0, 2.0], "ofa": [1.0, 1.0], "kd": [0.5, 0.5]}, batch_size=8)
+    summary = steptimes.summarise({"tas": [2.0, 2.0], "ofa": [1.0, 1.0], "kd": [0.5, 0.5]}, batch_size=8)
     assert summary["step_time_ratio"] == {"tas/ofa": 2.0, "tas/kd": 4.0, "ofa/kd": 2.0}
     assert summary["images_per_s"] == {"tas": 4.0, "ofa": 8.0, "kd": 16.0}
 
@@ -50,10 +50,10 @@ def test_cli_rejects_bad_device(capsys):
 
 def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
     """The paper-pair bench's schema on a tiny stand-in pair (the real ones take minutes on a CPU)."""
-    monkeypatch.setattr(bench, "PAPER_PAIRS", ({"label": "ViT-S -> ResNet18", "teacher": "tiny_vit",
+    monkeypatch.setattr(steptimes, "PAPER_PAIRS", ({"label": "ViT-S -> ResNet18", "teacher": "tiny_vit",
                                                 "student": "tiny_resnet"},))
-    monkeypatch.setattr(bench, "PAPER_SETUP", {"img_size": 32, "num_classes": 10, "batch_size": 4})
-    (row,) = bench.paper_pairs(repeats=1, warmup=0, progress=False)
+    monkeypatch.setattr(steptimes, "PAPER_SETUP", {"img_size": 32, "num_classes": 10, "batch_size": 4})
+    (row,) = steptimes.paper_pairs(repeats=1, warmup=0, progress=False)
     assert set(row["step_time_ratio"]) == {"tas/kd", "tas/ofa", "ofa/kd"} and row["batch_size"] == 4
     assert set(row["meets_targets"]) == {"tas/kd", "tas/ofa"} and row["targets"]["tas/kd"] == 1.2
     assert set(row["cpu_time_ratio"]) == set(row["step_time_ratio"]) and min(row["cpu_time_s"].values()) > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tas_lite import cka, models
+from tas_lite import bench, cka, models
 
 # ---- independent reference: numpy float64, textbook formulas ------------------------------------------
 
@@ -244,7 +244,7 @@ def test_uniformity_and_shallow_deep():
 
 
 def test_bench_all_pairs_equals_loop():
-    out = cka.bench_cka(layers=3, examples=32, batch_size=16, dim=8)
+    out = bench.bench_cka(layers=3, examples=32, batch_size=16, dim=8)
     assert out["max_abs_diff"] < 1e-10
     assert out["accumulator_bytes"] == (9 + 3 + 3) * 8
 

@@ -226,12 +226,12 @@ def test_fit_takes_a_prebuilt_method_and_hands_back_the_trained_assistant():
 
 def test_bench_times_the_same_train_step_as_fit(monkeypatch):
     """bench's step is loop.train_step, fit's: counting its calls catches a bench that re-implements the step."""
-    from tas_lite import bench
+    from tas_lite import steptimes
 
     calls = []
     real = loop.train_step
     monkeypatch.setattr(loop, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
-    bench.step_times(["kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=2, warmup=1)
+    steptimes.step_times(["kd"], "tiny_resnet", "tiny_vit", img_size=32, batch_size=4, repeats=2, warmup=1)
     assert len(calls) == 3
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tas_lite import bench, config, data, distill, distributed, experiments, methods, models, profiles, teachers
+from tas_lite import config, data, distill, distributed, experiments, methods, models, profiles, steptimes, teachers
 from tas_lite.__main__ import main
 from tas_lite.recipes import Recipe
 from tas_lite.results import Result, Setup
@@ -314,7 +314,7 @@ def test_bad_input_stops_before_any_work(argv, env, match, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_bench_times_a_ddp_step_on_two_processes_against_one():
-    d = bench.ddp_overhead("tiny_convnext", "tiny_vit", img_size=32, batch_size=8, repeats=2, warmup=1,
+    d = steptimes.ddp_overhead("tiny_convnext", "tiny_vit", img_size=32, batch_size=8, repeats=2, warmup=1,
                            progress=False)
     assert set(d["step_time_s"]) == {"1 process", "2 processes"} and all(v > 0 for v in d["step_time_s"].values())
     assert d["overhead"] == pytest.approx(d["step_time_s"]["2 processes"] / d["step_time_s"]["1 process"] - 1, abs=2e-3)
