@@ -1,4 +1,5 @@
-"""The methods by name, their named variants, and the metrics a table reports, as plain data: what the command
+"""The methods by name, their named variants, the metrics a table reports and the tiny models' families, as
+plain data: what the command
 line and the notebooks check before anything heavy is imported (the classes behind the method names live in
 `tas_lite.methods`, the tables in `tas_lite.tables`).
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 NAMES = ("baseline", "kd", "dkd", "dist", "fitnet", "ofa", "tas")  # registry order: tables' column order
+# The tiny CPU models by family (`tas_lite.models` builds them): what tables and checks need without building one.
+TINY_FAMILIES = {"tiny_resnet": "cnn", "tiny_mobilenetv2": "cnn", "tiny_convnext": "cnn", "tiny_vit": "vit",
+                 "tiny_swin": "swin", "tiny_mixer": "mlp", "tiny_resmlp": "mlp"}
 METRICS = {"final_test_acc": "test accuracy after the last epoch",  # a results field -> what it measures
            "selected_test_acc": "test accuracy of the epoch each run's selection picked",
            "final_val_acc": "validation accuracy after the last epoch"}

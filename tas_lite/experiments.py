@@ -26,7 +26,19 @@ import timm
 import torch
 from torch import nn
 
-from . import catalog, config, data, distill, distributed, methods, models, profiles, results, tables, teachers
+from . import (
+    catalog,
+    config,
+    data,
+    distill,
+    distributed,
+    methods,
+    models,
+    profiles,
+    results,
+    tables,
+    teachers,
+)
 from .profiles import Settings
 from .recipes import Recipe
 from .results import BEST_ON_TEST, BEST_ON_VALIDATION, Result, machine

@@ -22,6 +22,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .catalog import TINY_FAMILIES
 from .stages import FAMILIES, StageView, count_parameters, family, stages  # noqa: F401  (public API)
 
 TINY_IMG_SIZE = 32
@@ -75,16 +76,12 @@ def _tiny_resmlp(num_classes: int, img_size: int, **kwargs) -> nn.Module:
                     mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine, **kwargs)
 
 
-# name -> (builder, divisor img_size must honour, family)
+# name -> (builder, divisor img_size must honour, family); the families are catalog's
+_BUILDERS = {"tiny_resnet": (_tiny_resnet, 8), "tiny_mobilenetv2": (_tiny_mobilenetv2, 8), "tiny_convnext": (_tiny_convnext, 8),
+             "tiny_vit": (_tiny_vit, 8), "tiny_swin": (_tiny_swin, 16), "tiny_mixer": (_tiny_mixer, 4),
+             "tiny_resmlp": (_tiny_resmlp, 4)}
 TINY: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
-    "tiny_resnet": (_tiny_resnet, 8, "cnn"),
-    "tiny_mobilenetv2": (_tiny_mobilenetv2, 8, "cnn"),
-    "tiny_convnext": (_tiny_convnext, 8, "cnn"),
-    "tiny_vit": (_tiny_vit, 8, "vit"),
-    "tiny_swin": (_tiny_swin, 16, "swin"),
-    "tiny_mixer": (_tiny_mixer, 4, "mlp"),
-    "tiny_resmlp": (_tiny_resmlp, 4, "mlp"),
-}
+    name: (*_BUILDERS[name], kind) for name, kind in TINY_FAMILIES.items()}
 
 
 def _build_tiny(name: str, pretrained: bool, num_classes: int, img_size: int, **kwargs) -> nn.Module:

@@ -16,9 +16,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots, results, stats
-from .catalog import METRICS
+from .catalog import METRICS, TINY_FAMILIES
 from .catalog import NAMES as METHOD_NAMES
-from .models import TINY, tiny_family
 from .results import Result
 from .util import atomic_path, atomic_write
 
@@ -289,8 +288,8 @@ def paper_reference(teacher: str, student: str) -> tuple[str, dict[str, float]]:
         return f"{exact[0]} -> {exact[1]}", with_baseline(*exact)
 
     def fam(name: str) -> str | None:
-        if name in TINY:
-            return tiny_family(name)
+        if name in TINY_FAMILIES:
+            return TINY_FAMILIES[name]
         return PAPER_FAMILIES.get(PAPER_NAMES.get(name, ""))
 
     for t, s in PAPER_TABLE:

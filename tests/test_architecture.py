@@ -1,4 +1,5 @@
-"""The package's shape: modules import one way (each only from modules above it, at module level), every
+"""The package's shape: modules import one way (each only from modules above it and from the layers its layer may
+use, at module level), every
 module imports alone in a fresh interpreter, the command line starts without the heavy libraries, no
 function grows past ~60 lines, and nothing cites files outside the repository."""
 
@@ -46,6 +47,51 @@ def test_every_module_is_listed_in_import_order():
 def test_modules_import_only_from_modules_above_them(name):
     below = set(ORDER[ORDER.index(name) + 1:]) | {name}
     assert not internal_imports(name) & below, f"{name} imports {internal_imports(name) & below}, which sit below it"
+
+
+# The layers, bottom up, and what each may import besides its own layer: a plot that imports a loss, or a
+# table that loads data, fails here even where the plain module order would allow it.
+LAYERS = {
+    "settings": {"util", "paths", "colab", "config", "distributed", "profiles", "catalog", "plan", "stats"},
+    "data and models": {"sources", "data", "stages", "models"},
+    "analysis": {"cka", "probes"},
+    "method": {"losses", "assistant", "heads", "methods"},
+    "records": {"results"},
+    "training": {"recipes", "checkpoints", "loop", "distill", "teachers"},
+    "presentation": {"plots", "widgets", "figures", "tables", "report"},
+    "experiments": {"experiments"},
+    "interface": {"runner", "steptimes", "bench"},
+}
+MAY_IMPORT = {
+    "settings": set(),
+    "data and models": {"settings"},
+    "analysis": {"settings", "data and models"},
+    "method": {"settings", "data and models", "analysis"},
+    "records": {"settings"},
+    "training": {"settings", "data and models", "analysis", "method", "records"},
+    "presentation": {"settings", "records"},
+    "experiments": {"settings", "data and models", "method", "records", "training", "presentation"},
+    "interface": set(LAYERS),
+}
+LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
+
+
+def test_every_module_sits_in_one_layer():
+    assert set(LAYER_OF) == set(ORDER), f"unplaced: {set(ORDER) - set(LAYER_OF)}; gone: {set(LAYER_OF) - set(ORDER)}"
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_modules_import_only_from_the_layers_theirs_may_use(name):
+    layer = LAYER_OF[name]
+    allowed = MAY_IMPORT[layer] | {layer}
+    crossing = {m: LAYER_OF[m] for m in internal_imports(name) if LAYER_OF[m] not in allowed}
+    assert not crossing, f"{name} ({layer}) imports {crossing}; {layer} may use only {sorted(allowed)}"
+
+
+def test_the_layer_rule_catches_a_plot_that_imports_a_loss(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "internal_imports", lambda name: {"losses"} if name == "plots" else set())
+    with pytest.raises(AssertionError, match="plots .presentation. imports .'losses': 'method'"):
+        test_modules_import_only_from_the_layers_theirs_may_use("plots")
 
 
 @pytest.mark.parametrize("name", [*ORDER, "__main__"])
