@@ -5,6 +5,7 @@ function grows past ~60 lines, and nothing cites files outside the repository.""
 
 import ast
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,12 @@ def test_the_repository_stands_alone():
     hits = [f for f in tracked if (REPO / f).is_file() and f.endswith((".py", ".ipynb", ".md", ".toml", ".yml"))
             and any(word in (REPO / f).read_text(errors="ignore") for word in outside)]
     assert not hits, f"these files cite documents outside the repository: {hits}"
+
+
+def test_the_readmes_module_table_is_true():
+    """Every module once, in import order, each in the layer this test gives it."""
+    rows = re.findall(r"^\| ([a-z ]+) \| `(\w+)` \|", (REPO / "README.md").read_text(), flags=re.M)
+    listed = [(layer, module) for layer, module in rows if module != "__main__"]
+    assert [module for _, module in listed] == ORDER, "the README's module table must list tas_lite.MODULES in order"
+    wrong = {module: layer for layer, module in listed if LAYER_OF[module] != layer}
+    assert not wrong, f"README places these in the wrong layer: {wrong}"
