@@ -13,8 +13,8 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject reads i
 # In import order: each module imports only modules above it (tests/test_architecture.py checks it).
 MODULES = ("util", "paths", "colab", "config", "distributed", "profiles", "catalog", "plan", "stats", "sources",
            "data", "stages", "models", "cka", "probes", "losses", "assistant", "heads", "methods", "results",
-           "recipes", "checkpoints", "loop", "distill", "teachers", "plots", "widgets", "figures", "tables", "experiments",
-           "report", "runner", "steptimes", "bench")
+           "recipes", "checkpoints", "loop", "distill", "teachers", "plots", "widgets", "figures", "tables", "report",
+           "experiments", "runner", "steptimes", "bench")
 
 
 def __getattr__(name: str):
