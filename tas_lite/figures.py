@@ -142,3 +142,41 @@ def ablation(ours: dict[str, tuple[float, float]], paper: dict[str, float], *, t
             ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
     return fig
+
+
+def family_matrix(grids: dict[str, dict[tuple[str, str], object]], *, title: str,
+                  families: dict[str, str] | None = None):
+    """One 3x3 panel per comparison (e.g. "KD - Baseline"), three panels a row: teachers down, students across,
+    each cell the paired mean difference in points (colour, diverging around 0) with its 95% interval; a black
+    frame where the interval excludes 0. `grids` = {label: {(teacher, student): stats.Comparison}}; models
+    are ordered by `families` (name -> "cnn" | "vit" | "swin" | "mlp"), CNNs first, then by name."""
+    rank = {"cnn": 0, "vit": 1, "swin": 2, "mlp": 3}
+    order = lambda names: sorted(names, key=lambda n: (rank.get((families or {}).get(n), 9), n))  # noqa: E731
+    teachers = order({t for g in grids.values() for t, _ in g})
+    students = order({s for g in grids.values() for _, s in g})
+    span = max([abs(c.mean) for g in grids.values() for c in g.values()] + [1e-9])
+    cols = min(3, len(grids))
+    rows = -(-len(grids) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.0, 3.5 * rows), constrained_layout=True,
+                             squeeze=False)
+    for ax in axes.flat[len(grids):]:
+        ax.axis("off")
+    for ax, (name, grid) in zip(axes.flat, grids.items()):
+        values = np.full((len(teachers), len(students)), np.nan)
+        for (t, s), c in grid.items():
+            values[teachers.index(t), students.index(s)] = c.mean
+        image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span)
+        for (t, s), c in grid.items():
+            i, j = teachers.index(t), students.index(s)
+            text = f"{c.mean:+.2f}" + ("" if c.n < 2 else f"\n[{c.low:+.1f}, {c.high:+.1f}]")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                    color="white" if abs(c.mean) > 0.6 * span else "black")
+            if c.verdict in ("better", "worse"):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=2))
+        ax.set_xticks(range(len(students)), students, rotation=25, ha="right", fontsize=8)
+        ax.set_yticks(range(len(teachers)), teachers, fontsize=8)
+        ax.set(title=name, xlabel="student", ylabel="teacher")
+        ax.grid(False)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="difference in top-1 accuracy (points)", shrink=0.6)
+    fig.suptitle(title + "\n(paired by seed; [95% interval]; framed: the interval excludes 0)")
+    return fig

@@ -252,6 +252,42 @@ def paper_table() -> SweepTable:
                               f"teacher: {PAPER_BASELINES['ResNet18']}.")
 
 
+# The comparisons of a family matrix: each method over the student's own baseline, then TAS against KD and OFA.
+MATRIX_PAIRS = (("kd", "baseline"), ("ofa", "baseline"), ("tas", "baseline"), ("tas", "kd"), ("tas", "ofa"))
+
+
+def family_grid(table: SweepTable, a: str, b: str = "baseline") -> dict[tuple[str, str], stats.Comparison]:
+    """`a` - `b`, paired by seed, for every teacher -> student row that has both: {(teacher, student): Comparison}."""
+    grid = {}
+    for row in table.mean.index:
+        if {a, b} <= set(table.mean.columns) and table.count.at[row, a] and table.count.at[row, b]:
+            teacher, _, student = row.partition(" -> ")
+            grid[(teacher, student)] = table.paired(row, a, b)
+    return grid
+
+
+def family_of(name: str) -> str:
+    """A model's family by name: the tiny zoo's, the paper's models', else "other"."""
+    return TINY_FAMILIES.get(name) or PAPER_FAMILIES.get(PAPER_NAMES.get(name, ""), "other")
+
+
+def matrix_markdown(table: SweepTable, pairs=MATRIX_PAIRS) -> str:
+    """One row per teacher -> student pair, with its families, and per comparison the paired mean difference
+    with its 95% interval; * where the interval excludes 0."""
+    grids = {(a, b): family_grid(table, a, b) for a, b in pairs}
+    head = ["Teacher -> Student", "families"] + [f"{label(a)} - {label(b)}" for a, b in pairs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.mean.index:
+        teacher, _, student = row.partition(" -> ")
+        cells = [row, f"{family_of(teacher)} -> {family_of(student)}"]
+        for key in pairs:
+            c = grids[key].get((teacher, student))
+            cells.append("-" if c is None else f"{c.mean:+.2f}" + ("" if c.n < 2 else
+                         f" ({c.low:+.2f} to {c.high:+.2f}){'*' if c.verdict in ('better', 'worse') else ''}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def headroom(table: SweepTable, row: str) -> tuple[float, float]:
     """(teacher accuracy - the baseline's mean, one evaluation example) in points for one row: how much a
     teacher could add, beside the finest step the evaluation set can show."""
