@@ -96,6 +96,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                        help="also time the paper's pairs, ViT-S -> ResNet18 and ConvNeXt-T -> DeiT-T, at 224 px, "
                             "batch 16, with each method's added parameters (default: on CUDA only)")
     bench.add_argument("--ddp", action="store_true", help="also time one DDP step on 2 processes (gloo) against one")
+    bench.add_argument("--matrix", action="store_true", help="also time KD, OFA and TAS for every teacher -> student "
+                                                             "pair of the profile's CNN, ViT and MLP at its image size")
     bench.add_argument("--notebooks", action=argparse.BooleanOptionalAction, default=True,
                        help="time each notebook in the smoke profile (default: on)")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -178,6 +180,7 @@ def _run_command(args: argparse.Namespace, command: str) -> None:
             check_writable(Path(args.out).parent, "choose another --out file, or fix the folder's permissions")
         bench = tas_lite.bench
         report = bench.bench(args.device, repeats=args.repeats, paper_pair=args.paper_pair, ddp=args.ddp,
+                             matrix=args.matrix,
                              notebooks=args.notebooks, threads=args.threads, out=args.out)
         print(bench.format_table(report))
         if args.out:

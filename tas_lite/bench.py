@@ -42,12 +42,13 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
           warmup: int = 3, batch_size: int | None = None, paper_pair: bool | None = None,
           cka_kwargs: dict[str, Any] | None = None, notebooks: bool = True,
           notebooks_dir: str | Path | None = None, threads: int | None = None, out: str | Path | None = None,
-          progress: bool = True, ddp: bool = False) -> dict:
+          progress: bool = True, ddp: bool = False, matrix: bool = False) -> dict:
     """Measure every speed claim in one run; write JSON to `out` when given and return the same dict.
 
     The cpu pair is the settings' teacher -> student at their image size and batch size. `paper_pair`
     (default: on CUDA) adds the paper's pairs at 224 px, batch 16 (`paper_pairs`). `ddp` adds the per-step
-    cost of DDP on 2 processes (gloo, CPU) against one (`ddp_overhead`). `notebooks` times each notebook
+    cost of DDP on 2 processes (gloo, CPU) against one (`ddp_overhead`). `matrix` times KD, OFA and TAS for
+    every pair of the profile's three families' models (`family_pairs`). `notebooks` times each notebook
     in the smoke profile through the runner (a failure is recorded, not raised). `threads` sets torch's
     intra-op threads; on a busy machine 1 thread can be many times faster per step than oversubscribed cores.
     """
@@ -72,6 +73,9 @@ def bench(device: str = "cpu", *, method_names: Sequence[str] | None = None,
     wants_paper = paper_pair if paper_pair is not None else dev.type == "cuda"
     report["paper_pairs"] = steptimes.paper_pairs(str(dev), repeats=repeats, warmup=warmup, progress=progress) \
         if wants_paper else None
+    report["matrix"] = steptimes.family_pairs([cfg.cnn, cfg.vit, cfg.mlp], img_size=cfg.img_size, batch_size=batch,
+                                              device=str(dev), repeats=repeats, warmup=warmup,
+                                              progress=progress) if matrix else None
     report["ddp"] = steptimes.ddp_overhead(cfg.teacher, cfg.student, img_size=cfg.img_size, batch_size=batch, repeats=repeats,
                                  warmup=warmup, progress=progress) if ddp else None
     cka_args = {"layers": 12, "examples": 2048, "batch_size": 256, "dim": 512,
@@ -222,6 +226,13 @@ def format_table(report: dict) -> str:
                      f"(gloo, 1 thread each): {1000 * d['step_time_s']['1 process']:.1f} ms per step on 1 process, "
                      f"{1000 * d['step_time_s']['2 processes']:.1f} ms on 2: overhead {100 * d['overhead']:+.0f}% "
                      f"({d['overhead_ms']:+.1f} ms)")
+    if report.get("matrix"):
+        lines.append("\nfamily pairs (step time, ms; ratios against KD and OFA):")
+        for r in report["matrix"]:
+            t, ratio = r["step_time_s"], r["step_time_ratio"]
+            lines.append(f"  {r['teacher']:>14} -> {r['student']:<14} KD {1000 * t['kd']:6.1f}  OFA {1000 * t['ofa']:6.1f}  "
+                         f"TAS {1000 * t['tas']:6.1f}   TAS/KD {ratio['tas/kd']:.2f}  OFA/KD {ratio['ofa/kd']:.2f}  "
+                         f"TAS/OFA {ratio['tas/ofa']:.2f}")
     cka = report["cka"]
     lines.append(f"\nCKA {cka['layers']}x{cka['layers']} layers, {cka['examples']} examples: all-pairs "
                  f"{cka['all_pairs_s']:.2f} s, per-pair loop {cka['loop_s']:.2f} s -> speedup {report['cka_speedup']:.1f}x; "

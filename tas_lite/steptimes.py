@@ -255,3 +255,17 @@ def ddp_overhead(teacher: str, student: str, *, img_size: int, batch_size: int, 
         medians[world] = statistics.median(results.get())
     return {**spec, "step_time_s": {"1 process": round(medians[1], 5), "2 processes": round(medians[2], 5)},
             "overhead": round(medians[2] / medians[1] - 1, 3), "overhead_ms": round(1000 * (medians[2] - medians[1]), 2)}
+
+
+def family_pairs(models: Sequence[str], *, img_size: int, batch_size: int, device: str = "cpu", repeats: int = 15,
+                 warmup: int = 3, progress: bool = True) -> list[dict[str, Any]]:
+    """For every teacher -> student pair of `models` (same-family pairs included): KD's, OFA's and TAS's step
+    times side by side, and TAS/KD, OFA/KD, TAS/OFA; what each method's gain in a family matrix costs."""
+    rows = []
+    for teacher in models:
+        for student in models:
+            say(progress, f"step times: {teacher} -> {student}, {img_size} px, batch {batch_size}")
+            times = step_times(PAPER_METHODS, teacher, student, img_size=img_size, batch_size=batch_size,
+                               device=device, repeats=repeats, warmup=warmup)
+            rows.append({"teacher": teacher, "student": student, **summarise(times, batch_size)})
+    return rows

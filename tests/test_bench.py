@@ -69,3 +69,20 @@ def test_paper_pairs_report_ratios_targets_and_added_parameters(monkeypatch):
     lines = "\n".join(bench._pair_lines("paper pair", row, row, row["targets"]))
     assert "step-time ratio tas/kd" in lines and "target <= 1.2" in lines and "ofa:s123/ofa" in lines
     assert "where a TAS step goes" in lines and "of which L2G" in lines and "the method's floor" in lines
+
+
+def test_family_pairs_time_kd_ofa_and_tas_for_every_teacher_student_pair():
+    rows = steptimes.family_pairs(["tiny_resnet", "tiny_vit"], img_size=32, batch_size=4, repeats=1, warmup=1,
+                                  progress=False)
+    assert [(r["teacher"], r["student"]) for r in rows] == [("tiny_resnet", "tiny_resnet"), ("tiny_resnet", "tiny_vit"),
+                                                           ("tiny_vit", "tiny_resnet"), ("tiny_vit", "tiny_vit")]
+    for r in rows:
+        assert set(r["step_time_s"]) == {"kd", "ofa", "tas"} and all(v > 0 for v in r["step_time_s"].values())
+        assert abs(r["step_time_ratio"]["tas/kd"] - r["step_time_s"]["tas"] / r["step_time_s"]["kd"]) < 0.01
+    text = bench.format_table({"machine": {"device_name": "cpu", "platform": "p", "cpu_count": 2, "torch": "t",
+                                           "torch_threads": 1}, "pair": {"teacher": "a", "student": "b", "img_size": 32,
+                                                                         "batch_size": 4},
+                               "step_time_s": {}, "images_per_s": {}, "step_time_ratio": {}, "matrix": rows,
+                               "cka": {"layers": 2, "examples": 8, "all_pairs_s": 0.1, "loop_s": 0.2,
+                                       "max_abs_diff": 0.0, "accumulator_bytes": 8}, "cka_speedup": 2.0})
+    assert "tiny_vit -> tiny_resnet" in text and "TAS/KD" in text
