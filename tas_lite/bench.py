@@ -211,6 +211,16 @@ def _pair_lines(label: str, pair: dict, numbers: dict, targets: dict) -> list[st
     return lines
 
 
+def _matrix_lines(rows: list[dict]) -> list[str]:
+    """One line per family pair: each method's step time (ms) and the ratios against KD and OFA."""
+    if not rows:
+        return []
+    cells = [(f"{r['teacher']} -> {r['student']}", "  ".join(f"{m.upper()} {1000 * r['step_time_s'][m]:6.1f}"
+                                                             for m in ("kd", "ofa", "tas")),
+              "  ".join(f"{k.upper()} {v:.2f}" for k, v in r["step_time_ratio"].items())) for r in rows]
+    return ["\nfamily pairs (step time in ms; ratios):"] + [f"  {pair:32s} {times}   {ratios}" for pair, times, ratios in cells]
+
+
 def format_table(report: dict) -> str:
     """The bench as readable text: per-method step time and images/s, ratios against targets, the paper's
     pairs, DDP's per-step overhead, CKA, notebooks."""
@@ -226,13 +236,7 @@ def format_table(report: dict) -> str:
                      f"(gloo, 1 thread each): {1000 * d['step_time_s']['1 process']:.1f} ms per step on 1 process, "
                      f"{1000 * d['step_time_s']['2 processes']:.1f} ms on 2: overhead {100 * d['overhead']:+.0f}% "
                      f"({d['overhead_ms']:+.1f} ms)")
-    if report.get("matrix"):
-        lines.append("\nfamily pairs (step time, ms; ratios against KD and OFA):")
-        for r in report["matrix"]:
-            t, ratio = r["step_time_s"], r["step_time_ratio"]
-            lines.append(f"  {r['teacher']:>14} -> {r['student']:<14} KD {1000 * t['kd']:6.1f}  OFA {1000 * t['ofa']:6.1f}  "
-                         f"TAS {1000 * t['tas']:6.1f}   TAS/KD {ratio['tas/kd']:.2f}  OFA/KD {ratio['ofa/kd']:.2f}  "
-                         f"TAS/OFA {ratio['tas/ofa']:.2f}")
+    lines += _matrix_lines(report.get("matrix") or [])
     cka = report["cka"]
     lines.append(f"\nCKA {cka['layers']}x{cka['layers']} layers, {cka['examples']} examples: all-pairs "
                  f"{cka['all_pairs_s']:.2f} s, per-pair loop {cka['loop_s']:.2f} s -> speedup {report['cka_speedup']:.1f}x; "

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from tas_lite import catalog, config, data, distill, experiments, loop, methods, models, profiles, recipes, results, teachers
+from tas_lite import catalog, config, data, distill, experiments, loop, methods, models, profiles, recipes
+from tas_lite import results, teachers
 from tas_lite.results import Result
 from tas_lite.util import CorruptFile
 

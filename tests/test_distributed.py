@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tas_lite import config, data, distill, distributed, experiments, methods, models, profiles, steptimes, teachers
+from tas_lite import config, data, distill, distributed, experiments, methods, models, profiles, steptimes
+from tas_lite import teachers
 from tas_lite.__main__ import main
-from tas_lite.recipes import Recipe
 from tas_lite.results import Result, Setup
 from tas_lite.results import file_name as result_name
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from tas_lite import experiments, profiles, results, stats, tables
+from tas_lite import experiments, profiles, stats, tables
 from tas_lite.results import BEST_ON_TEST, BEST_ON_VALIDATION, Result, Setup
 from tas_lite.results import file_name as result_name
 

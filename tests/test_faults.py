@@ -31,8 +31,8 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import tas_lite
-from tas_lite import (checkpoints, cka, config, data, distill, experiments, loop, methods, models, profiles, results,
-                      runner, sources, teachers, util)
+from tas_lite import checkpoints, cka, config, data, distill, experiments, loop, methods, models, profiles
+from tas_lite import results, runner, sources, teachers, util
 from tas_lite.__main__ import main
 from tas_lite.recipes import Recipe
 from tas_lite.results import Result, Setup

@@ -6,7 +6,6 @@ import fnmatch
 import json
 
 import pytest
-import torch
 
 from tas_lite import config, data, distill, methods, models, results
 from tas_lite.recipes import Recipe
