@@ -13,6 +13,7 @@ import torch
 from tas_lite import config, data, distill, distributed, experiments, methods, models, profiles, steptimes
 from tas_lite import teachers
 from tas_lite.__main__ import main
+from tas_lite.recipes import Recipe
 from tas_lite.results import Result, Setup
 from tas_lite.results import file_name as result_name
 
@@ -97,7 +98,7 @@ def _one_process_reference() -> dict[str, torch.Tensor]:
     settings = profiles.resolve("smoke", dataset="synthetic", epochs=2, max_steps=2, batch_size=16, device="cpu")
     config.seed_everything(0)
     student = models.create("tiny_vit", num_classes=10, img_size=32)
-    recipe = eval(SGD)
+    recipe = eval(SGD, {"Recipe": Recipe})  # the recipe the launcher patches in, built here alike
     teacher = teachers.from_settings("tiny_convnext", settings, progress=False)  # cached by the DDP run
     train, val, _ = data.loaders("synthetic", batch_size=16, img_size=32, seed=0, shard=(0, 1))
     config.seed_everything(0)
