@@ -17,6 +17,7 @@ from .paths import (  # noqa: F401  (the folders, as config.* for every caller)
     in_checkout,
     notebooks_dir,
     outputs_dir,
+    reference_dir,
     results_dir,
 )
 

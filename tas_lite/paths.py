@@ -39,6 +39,16 @@ def results_dir() -> Path:
     return _course_folder("results")
 
 
+# The shipped reference sweep of each dataset: the course track, its saturated predecessor, the paper's data.
+REFERENCE_FOLDERS = {"fashion_mnist": "cpu", "digits": "digits", "cifar100": "gpu"}
+
+
+def reference_dir(dataset: str) -> Path:
+    """The shipped reference comparison for `dataset` (results/cpu for Fashion-MNIST, results/digits for
+    digits, results/gpu for CIFAR-100); a dataset without one gets results/<dataset>, which may not exist."""
+    return results_dir() / REFERENCE_FOLDERS.get(dataset, dataset)
+
+
 def notebooks_dir() -> Path:
     """The numbered notebooks of the course: `<repo>/notebooks` in a checkout, else the package's copy."""
     return _course_folder("notebooks")

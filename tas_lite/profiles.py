@@ -83,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "device": "cpu", "amp": False, "recipe": "course", "paper": False, "train_images": None,
     },
     "cpu": {
-        "dataset": "fashion_mnist", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 10,
+        "dataset": "fashion_mnist", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 3,
         "max_steps": None, "teacher_epochs": 20, "analysis_epochs": 20, "teacher_batch_size": 32,
         "teacher_max_steps": None, "pretrained": False,
         "cka_examples": 512, "probe_images": 32, "cnn": "tiny_convnext", "vit": "tiny_vit", "mlp": "tiny_mixer",
