@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from .plots import FAMILY_COLORS, SOURCE_COLORS
+from .plots import FAMILY_COLORS, SOURCE_COLORS, epoch_axis
 
 PAIR_COLORS = {"ts": "#4c72b0", "ta": "#dd8452", "as": "#55a868", "ce": "#7f7f7f"}
 PAIR_NAMES = {"ts": "teacher -> student", "ta": "teacher -> assistant", "as": "assistant -> student",
@@ -59,6 +59,7 @@ def bridge(history: list[dict], *, title: str):
                    color=plt.cm.viridis(stage / 5), label=f"stage {stage}")
     left.set(title="pooled features f", xlabel="epoch", ylabel="CKA (linear, unbiased)")
     right.set(title="teacher ~ student, stage by stage", xlabel="epoch", ylabel="CKA (linear, unbiased)")
+    epoch_axis(left, right)
     for ax in (left, right):
         ax.axhline(0, color="grey", lw=0.6)
         ax.legend(fontsize=8)
@@ -84,6 +85,7 @@ def loss_terms_over_epochs(history: list[dict], *, title: str):
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
     ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks pile up between decades
     ax.set(title=title, xlabel="epoch", ylabel="training loss, epoch mean (nats, log scale)")
+    epoch_axis(ax)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves stay visible
     return fig
 

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 FAMILY_COLORS = {"cnn": "#1f77b4", "vit": "#d62728", "swin": "#9467bd", "mlp": "#2ca02c", "assistant": "#ff7f0e"}
 
@@ -293,6 +294,13 @@ def bridge_bars(similarity: dict[str, dict[str, dict[str, float]]], *, title: st
     return fig
 
 
+def epoch_axis(*axes) -> None:
+    """Label each axes' x axis "epoch", ticked at whole epochs only (a 3-epoch run gets 1, 2, 3, not 1.25)."""
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xscale: str = "linear",
            styles: dict[str, str] | None = None, colors: dict[str, str] | None = None, xticks: list | None = None,
            ax=None, hlines: dict[str, float] | None = None):
@@ -306,6 +314,8 @@ def curves(series: dict[str, tuple], *, title: str, xlabel: str, ylabel: str, xs
     for label, y in (hlines or {}).items():
         ax.axhline(y, ls=":", lw=1.4, label=label, color=(colors or {}).get(label, "grey"))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale)
+    if xlabel == "epoch":
+        epoch_axis(ax)
     if xticks is not None:
         ax.set_xticks(xticks)
     ax.legend(fontsize=8)
@@ -425,6 +435,7 @@ def learning_curves(histories: dict[str, list[dict]], *, title: str, extra: dict
                 left.plot(epochs, [r[key] for r in rows], "--", color=f"C{k}", label=f"{method}: {label}")
     left.set(title="validation accuracy", xlabel="epoch", ylabel="top-1 accuracy (%)")
     right.set(title="training cross-entropy with labels", xlabel="epoch", ylabel="cross-entropy (nats)")
+    epoch_axis(left, right)
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     fig.suptitle(title)
