@@ -83,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "device": "cpu", "amp": False, "recipe": "course", "paper": False, "train_images": None,
     },
     "cpu": {
-        "dataset": "fashion_mnist", "img_size": 32, "batch_size": 32, "epochs": 40, "demo_epochs": 3,
+        "dataset": "fashion_mnist", "img_size": 32, "batch_size": 32, "epochs": 80, "demo_epochs": 4,
         "max_steps": None, "teacher_epochs": 20, "analysis_epochs": 20, "teacher_batch_size": 32,
         "teacher_max_steps": None, "pretrained": False,
         "cka_examples": 512, "probe_images": 32, "cnn": "tiny_convnext", "vit": "tiny_vit", "mlp": "tiny_mixer",
@@ -91,7 +91,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2, 3, 4],
         "assistant_pairs": [["tiny_vit", "tiny_resnet"], ["tiny_convnext", "tiny_vit"], ["tiny_mixer", "tiny_resnet"]],
         "train_steps": 40, "device": "auto", "amp": False, "recipe": "course", "paper": False,
-        "train_images": 5000,
+        "train_images": 2500,
     },
     "gpu": {
         "dataset": "cifar100", "img_size": 224, "batch_size": 128, "epochs": 300, "demo_epochs": 300,
