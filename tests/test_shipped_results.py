@@ -123,3 +123,12 @@ def test_the_shipped_baseline_reruns_to_the_shipped_first_epoch(tmp_path, monkey
     first = [{k: v for k, v in r.history[0].items() if k not in ("images_per_s", "wall_s")} for r in (again, shipped)]
     assert first[0] == first[1]
     assert again.fingerprint == shipped.fingerprint and again.teacher is None
+
+
+def test_each_profile_finds_the_reference_of_its_own_data():
+    """Notebooks 05 and 06 compare against the shipped sweep on the profile's dataset: digits for smoke (what
+    the pip and Colab ways in run), Fashion-MNIST's results/cpu for cpu, CIFAR-100's results/gpu for gpu."""
+    assert config.reference_dir(profiles.resolve("smoke").dataset) == RESULTS / "digits"
+    assert {r.setup.dataset for r in results.load_folder(config.reference_dir("digits"))} == {"digits"}
+    assert config.reference_dir(profiles.resolve("cpu").dataset) == RESULTS / "cpu"
+    assert config.reference_dir(profiles.resolve("gpu").dataset) == RESULTS / "gpu"
